@@ -1,0 +1,160 @@
+"""
+The lease guard: a tiny process between BeatCop and the command, which keeps
+the command's life inside the lease even when BeatCop cannot.
+
+BeatCop starts it as C{python -S guard.py ...}; it uses only the standard
+library so that it starts in milliseconds.  It:
+
+  1. makes itself the leader of a new session and process group, which the
+     command and everything the command forks inherit, so that one signal to
+     the group reaches a whole C{sh -c} pipeline or a Celery pool;
+  2. asks Linux for a signal when BeatCop dies (C{PR_SET_PDEATHSIG}), and
+     also treats the end of its control pipe as BeatCop's death: either way it
+     SIGKILLs the whole group, so that no child outlives a killed BeatCop;
+  3. starts the command, and reports "started PID" or "error TEXT" on its
+     status pipe;
+  4. holds a kill-by deadline on the monotonic clock, which BeatCop pushes
+     forward after every successful refresh.  At C{deadline - grace} it sends
+     the stop signal to the group, at the deadline SIGKILL.  This is what
+     bounds the child by the lease when BeatCop's reactor is frozen
+     (SIGSTOP, swap, a long GC pause): the guard does not depend on it;
+  5. ignores the stop signal itself (the group gets it; the guard waits for
+     the command) and exits as the command did, so that BeatCop sees the
+     command's own exit status.
+
+Control pipe (fd 3, from BeatCop), one line per message:
+    deadline SECONDS    new kill-by time on CLOCK_MONOTONIC
+Status pipe (fd 4, to BeatCop):
+    started PID | error TEXT
+"""
+
+import ctypes
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+CONTROL_FD = 3
+STATUS_FD = 4
+PR_SET_PDEATHSIG = 1
+# Signals that mean "stop" to the command; the guard must survive them to
+# report the command's exit status.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+PARENT_DIED = signal.SIGPWR if hasattr(signal, "SIGPWR") else signal.SIGUSR2
+
+
+def _prctlDeathSignal(sig):
+    """
+    Ask Linux to send C{sig} when our parent dies; a no-op elsewhere (the
+    control pipe's end still tells us).
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _killGroup(sig):
+    try:
+        os.killpg(os.getpgrp(), sig)
+    except ProcessLookupError:
+        pass
+
+
+def _report(text):
+    try:
+        os.write(STATUS_FD, (text.replace("\n", " ") + "\n").encode("utf-8", "replace"))
+    except OSError:
+        pass
+
+
+def _parse(argv):
+    options = {}
+    while argv and argv[0] != "--":
+        key, value = argv[0], argv[1]
+        options[key.lstrip("-")] = value
+        argv = argv[2:]
+    return options, argv[1:]
+
+
+def main(argv):
+    options, command = _parse(argv)
+    parentPid = int(options["parent"])
+    stopSignal = int(options["stop-signal"])
+    grace = float(options["kill-grace"])
+    deadline = float(options["deadline"])
+    shell = options.get("shell") == "1"
+
+    os.setsid()
+    signal.signal(PARENT_DIED, lambda *a: _killGroup(signal.SIGKILL))
+    _prctlDeathSignal(PARENT_DIED)
+    if os.getppid() != parentPid:
+        # BeatCop died before we could ask to be told.
+        _killGroup(signal.SIGKILL)
+    for sig in STOP_SIGNALS:
+        if sig != PARENT_DIED:
+            signal.signal(sig, lambda *a: None)
+
+    if time.monotonic() >= deadline - grace:
+        _report("error the lease ran out before the command could start")
+        return 75
+
+    def childSetup():
+        # The command dies with the guard, whatever kills the guard.
+        _prctlDeathSignal(signal.SIGKILL)
+
+    try:
+        child = subprocess.Popen(command, shell=False, preexec_fn=childSetup, close_fds=True)
+    except OSError as e:
+        what = "/bin/sh" if shell else command[0]
+        _report(f"error cannot run {what!r}: {e.strerror or e}")
+        return 127
+    _report(f"started {child.pid}")
+
+    try:
+        childFd = os.pidfd_open(child.pid)
+    except (AttributeError, OSError):
+        childFd = None
+    control = os.fdopen(CONTROL_FD, "rb", buffering=0)
+    buffered = b""
+    stopSent = False
+
+    while True:
+        now = time.monotonic()
+        if now >= deadline:
+            _killGroup(signal.SIGKILL)
+        if not stopSent and now >= deadline - grace:
+            stopSent = True
+            _killGroup(stopSignal)
+        wake = deadline if stopSent else deadline - grace
+        timeout = max(0.0, min(wake - now, 1.0 if childFd is None else 60.0))
+        if childFd is None:
+            timeout = min(timeout, 0.05)
+        watched = [control] + ([childFd] if childFd is not None else [])
+        readable, _, _ = select.select(watched, [], [], timeout)
+        if control in readable:
+            data = control.read(4096)
+            if not data:
+                # BeatCop is gone (its end of the pipe closed with it).
+                _killGroup(signal.SIGKILL)
+            buffered += data
+            *lines, buffered = buffered.split(b"\n")
+            for line in lines:
+                parts = line.split()
+                if len(parts) == 2 and parts[0] == b"deadline":
+                    deadline = float(parts[1])
+        status = child.poll()
+        if status is not None:
+            if status < 0:
+                # Die the way the command died, so BeatCop sees the same.
+                signal.signal(-status, signal.SIG_DFL)
+                os.kill(os.getpid(), -status)
+                return 128 - status
+            return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,265 @@
+"""
+The lease: one Redis key holding this node's unique id with an expiry, and a
+fencing counter beside it.
+
+Everything that must be atomic is one Lua script, so that no interleaving of
+nodes can break it:
+
+  - acquire: C{SET key id NX PX ttl} and, only if that succeeded, C{INCR} of
+    the fencing counter, in one step; when it fails, the same round trip says
+    who holds the key and for how long (PTTL), so a standby knows when to
+    try again;
+  - refresh: C{PEXPIRE} only if the key still holds our id;
+  - reclaim: after Redis lost the key while we held it (a restart without
+    persistence), take it back with the token our child already has, never a
+    smaller counter than that;
+  - release: C{DEL} only if the key still holds our id.
+
+Scripts run by EVALSHA and fall back to EVAL on NOSCRIPT (Redis restarted or
+failed over and lost its script cache), which also loads them again.
+"""
+
+import enum
+import hashlib
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+
+from twisted.logger import Logger
+
+from .errors import RedisProtocolError
+from .redisconn import RedisCommandError
+
+
+class Script:
+    """
+    A Lua script called by its SHA1, sent in full only when Redis does not
+    know it (NOSCRIPT), or always when C{useEvalSha} is false (for proxies
+    that lack SCRIPT LOAD/EVALSHA).
+    """
+
+    def __init__(self, name, source):
+        self.name = name
+        self.source = source
+        self.sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
+
+    def __call__(self, client, keys, args, useEvalSha=True):
+        if not useEvalSha:
+            return client.execute("EVAL", self.source, len(keys), *keys, *args)
+        d = client.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+
+        def noScript(failure):
+            failure.trap(RedisCommandError)
+            if not failure.value.reply.startswith("NOSCRIPT"):
+                return failure
+            return client.execute("EVAL", self.source, len(keys), *keys, *args)
+
+        d.addErrback(noScript)
+        return d
+
+
+ACQUIRE = Script(
+    "acquire",
+    """
+-- KEYS[1] lock, KEYS[2] fencing counter; ARGV[1] holder id, ARGV[2] ttl ms,
+-- ARGV[3] the highest token this node has seen (0 if none): the counter never
+-- goes below it, so tokens keep growing even if Redis lost the counter.
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local token = redis.call('INCR', KEYS[2])
+  local floor = tonumber(ARGV[3])
+  if token <= floor then
+    token = floor + 1
+    redis.call('SET', KEYS[2], token)
+  end
+  return {1, token, tonumber(ARGV[2]), ARGV[1]}
+end
+local fence = tonumber(redis.call('GET', KEYS[2]) or '0')
+return {0, fence, redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[1])}
+""",
+)
+
+RECLAIM = Script(
+    "reclaim",
+    """
+-- KEYS[1] lock, KEYS[2] fencing counter; ARGV[1] holder id, ARGV[2] ttl ms,
+-- ARGV[3] the token our running child holds.  Same reply shape as acquire.
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local token = tonumber(ARGV[3])
+  if tonumber(redis.call('GET', KEYS[2]) or '0') < token then
+    redis.call('SET', KEYS[2], token)
+  end
+  return {1, token, tonumber(ARGV[2]), ARGV[1]}
+end
+local fence = tonumber(redis.call('GET', KEYS[2]) or '0')
+return {0, fence, redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[1])}
+""",
+)
+
+REFRESH = Script(
+    "refresh",
+    """
+-- 1: refreshed; 0: the key is gone; -1: someone else holds it.
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+elseif holder then
+  return -1
+end
+return 0
+""",
+)
+
+RELEASE = Script(
+    "release",
+    """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+""",
+)
+
+
+class RefreshOutcome(enum.Enum):
+    REFRESHED = "refreshed"
+    GONE = "gone"
+    TAKEN = "taken"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """
+    The answer to an acquisition attempt.
+
+    @ivar acquired: whether this node now holds the lease.
+    @ivar token: the fencing token: ours when acquired, else the counter's
+        current value (the holder's token).
+    @ivar pttl: milliseconds the lease has left (the full TTL when we just
+        took it; -1 if the holder's key has no expiry, -2 if it vanished in
+        between).
+    @ivar holder: the holder's id.
+    """
+
+    acquired: bool
+    token: int
+    pttl: int
+    holder: str | None
+
+
+def newHolderId():
+    """
+    A value that no other BeatCop process, here or elsewhere, will ever
+    use: host, pid, and 64 random bits (pids are reused, hosts are cloned).
+    """
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(8)}"
+
+
+def fencingKeyFor(lockName):
+    """
+    The fencing counter's key.  It shares the lock key's Redis Cluster hash
+    slot: a key without braces hashes whole, so C{{name}:fence} hashes like
+    C{name}; a name that has a hash tag already keeps it.
+    """
+    start = lockName.find("{")
+    end = lockName.find("}", start + 1)
+    if start != -1 and end > start + 1:
+        return f"{lockName}:fence"
+    return f"{{{lockName}}}:fence"
+
+
+class RedisLock:
+    """
+    A lease on a Redis key, usable on its own (it knows nothing of children
+    or services).
+
+    The lock does not keep time: each method reports what Redis said, and the
+    caller, who knows when it sent the command, decides how long the lease
+    is proven for.  See L{beatcop.service} for the deadline arithmetic.
+
+    @ivar holderId: the value stored in the key while we hold it.
+    @ivar token: the fencing token of our current (or last) acquisition.
+    @ivar highestToken: the highest token this instance has seen, ours or
+        another holder's; passed to every acquisition so that tokens keep
+        growing across Redis data loss.
+    """
+
+    log = Logger()
+
+    def __init__(self, client, lockName, ttl, holderId=None, useEvalSha=True):
+        """
+        @param client: a L{beatcop.redisconn.RedisClient} (or anything with
+            its C{execute}).
+        @param ttl: lease time-to-live in milliseconds.
+        """
+        self.client = client
+        self.lockName = lockName
+        self.fencingKey = fencingKeyFor(lockName)
+        self.ttl = int(ttl)
+        self.holderId = holderId or newHolderId()
+        self.useEvalSha = useEvalSha
+        self.token = None
+        self.highestToken = 0
+
+    def _run(self, script, *args):
+        return script(
+            self.client, (self.lockName, self.fencingKey), (self.holderId, self.ttl) + args, self.useEvalSha
+        )
+
+    def acquire(self):
+        """
+        Try once to take the lease.
+
+        @return: a Deferred firing with an L{Attempt}.
+        """
+        return self._run(ACQUIRE, self.highestToken).addCallback(self._attempted)
+
+    def reclaim(self):
+        """
+        Take the lease back after Redis lost it while we held it, keeping our
+        token (our child already has it).
+
+        @return: a Deferred firing with an L{Attempt}.
+        """
+        if self.token is None:
+            return self.acquire()
+        return self._run(RECLAIM, self.token).addCallback(self._attempted)
+
+    def _attempted(self, reply):
+        try:
+            acquired, token, pttl, holder = reply
+            attempt = Attempt(bool(int(acquired)), int(token), int(pttl), holder)
+        except (TypeError, ValueError) as e:
+            raise RedisProtocolError(f"unexpected reply to the acquire script: {reply!r} ({e})")
+        self.highestToken = max(self.highestToken, attempt.token)
+        if attempt.acquired:
+            self.token = attempt.token
+        return attempt
+
+    def refresh(self):
+        """
+        Extend our lease to a full TTL from now, if it is still ours.
+
+        @return: a Deferred firing with a L{RefreshOutcome}.
+        """
+
+        def outcome(reply):
+            if reply == 1:
+                return RefreshOutcome.REFRESHED
+            if reply == 0:
+                return RefreshOutcome.GONE
+            if reply == -1:
+                return RefreshOutcome.TAKEN
+            raise RedisProtocolError(f"unexpected reply to the refresh script: {reply!r}")
+
+        return self._run(REFRESH).addCallback(outcome)
+
+    def release(self):
+        """
+        Delete the key if it is still ours, so that a standby can take over
+        without waiting for the TTL.
+
+        @return: a Deferred firing with C{True} if we deleted it.
+        """
+        d = RELEASE(self.client, (self.lockName,), (self.holderId,), self.useEvalSha)
+        return d.addCallback(lambda deleted: bool(deleted))

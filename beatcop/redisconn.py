@@ -1,0 +1,265 @@
+"""
+One connection to Redis, made and remade on demand, with every command
+bounded by a reply deadline on an injected clock.
+
+txredisapi's connection functions keep a pool that reconnects on its own
+schedule and read the global reactor; a lease needs the opposite: BeatCop
+decides when to reconnect (on the next refresh), and every wait has a deadline
+that a test can drive with L{twisted.internet.task.Clock}.  So this module
+uses txredisapi only for what it is good at, the RESP protocol
+(L{txredisapi.RedisProtocol}), and owns the connecting itself.
+"""
+
+from twisted.internet import defer, error as internetError
+from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+import txredisapi
+
+from .errors import EX_NOPERM, RedisProtocolError, RedisUnreachable
+
+
+class RedisCommandError(RedisProtocolError):
+    """
+    Redis answered a command with an error reply (C{-ERR ...}).
+
+    @ivar reply: the error text as Redis sent it.
+    """
+
+    def __init__(self, reply):
+        super().__init__(f"Redis replied with an error: {reply}")
+        self.reply = reply
+
+
+class RedisTimeout(RedisUnreachable):
+    """
+    Redis did not answer within the reply (or connect) deadline.
+    """
+
+
+class _SingleConnectionFactory(Factory):
+    """
+    Builds exactly one L{txredisapi.RedisProtocol} and reports when it is
+    ready (AUTH and SELECT done) or why it could not be.
+
+    L{txredisapi.RedisProtocol.connectionMade} calls C{stopTrying} and
+    C{connectionError} on its factory when AUTH or SELECT fail, so those are
+    the two hooks this factory provides.
+    """
+
+    isLazy = False
+    noisy = False
+
+    def __init__(self, clock, redisConfig):
+        self.clock = clock
+        self.redisConfig = redisConfig
+        self.ready = defer.Deferred()
+
+    def buildProtocol(self, addr):
+        config = self.redisConfig
+        proto = txredisapi.RedisProtocol(
+            charset="utf-8",
+            replyTimeout=None,  # deadlines are ours, on our clock
+            password=config.password,
+            dbid=config.database or None,
+            convertNumbers=True,
+            username=config.username,
+        )
+        proto.factory = self
+        proto.callLater = self.clock.callLater
+        proto.whenConnected().addCallback(self._connected)
+        return proto
+
+    def _connected(self, proto):
+        if not self.ready.called:
+            self.ready.callback(proto)
+
+    def stopTrying(self):
+        pass
+
+    def connectionError(self, why):
+        if self.ready.called:
+            return
+        exitCode = EX_NOPERM if "auth" in why.lower() else None
+        self.ready.errback(RedisProtocolError(why, exitCode=exitCode))
+
+
+def endpointFor(reactor, redisConfig, unixSocket=None):
+    """
+    The client endpoint for a Redis configuration: a unix socket when one is
+    configured (or passed, as for the embedded Redis), else TCP.
+    """
+    timeout = redisConfig.connectTimeout / 1000.0
+    path = unixSocket or redisConfig.unixSocket
+    if path:
+        return UNIXClientEndpoint(reactor, path, timeout=timeout)
+    if redisConfig.tls:
+        from twisted.internet.endpoints import wrapClientTLS
+        from twisted.internet.ssl import optionsForClientTLS
+
+        return wrapClientTLS(
+            optionsForClientTLS(redisConfig.host),
+            HostnameEndpoint(reactor, redisConfig.host, redisConfig.port, timeout=timeout),
+        )
+    return HostnameEndpoint(reactor, redisConfig.host, redisConfig.port, timeout=timeout)
+
+
+class RedisClient:
+    """
+    A single, lazily (re)made connection to one Redis server.
+
+    A command issued while disconnected first connects (bounded by the
+    connect timeout); a command that gets no reply within the reply timeout
+    fails with L{RedisTimeout} and aborts the connection, so that a late reply
+    can never be taken for the answer to a later command.
+
+    @ivar address: a description of the server for log lines.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor, redisConfig, unixSocket=None, endpoint=None):
+        self._reactor = reactor
+        self._config = redisConfig
+        self._endpoint = endpoint or endpointFor(reactor, redisConfig, unixSocket)
+        self._connection = None
+        self._connecting = None
+        self.address = f"unix://{unixSocket}" if unixSocket else redisConfig.describe()
+
+    @property
+    def connected(self):
+        return self._connection is not None and self._connection.connected
+
+    def connect(self):
+        """
+        Connect unless connected already.
+
+        @return: a Deferred firing with the protocol, or failing with
+            L{RedisUnreachable} (cannot connect, or not within the connect
+            timeout) or L{RedisProtocolError} (AUTH or SELECT refused).
+        """
+        if self.connected:
+            return defer.succeed(self._connection)
+        if self._connecting is None:
+            self._connecting = self._connect()
+
+            def done(result):
+                self._connecting = None
+                return result
+
+            self._connecting.addBoth(done)
+        # Each caller gets its own view, so that one caller's cancellation
+        # does not abort the shared attempt.
+        shared = defer.Deferred()
+        self._connecting.addBoth(lambda result: (shared.callback(result), result)[1])
+        return shared
+
+    def _connect(self):
+        factory = _SingleConnectionFactory(self._reactor, self._config)
+        timeout = self._config.connectTimeout / 1000.0
+        made = []
+
+        def connected(proto):
+            # AUTH/SELECT run after the TCP connection is made; their outcome
+            # is factory.ready.  A connection that drops meanwhile never fires
+            # it, so watch for that too.
+            made.append(proto)
+
+            def lost(_):
+                if not factory.ready.called:
+                    factory.ready.errback(
+                        RedisUnreachable(f"{self.address}: connection closed during AUTH/SELECT")
+                    )
+
+            proto.whenDisconnected().addCallback(lost)
+            return factory.ready
+
+        def ready(proto):
+            self._connection = proto
+            return proto
+
+        def failed(failure):
+            # Whatever the attempt made (a connection stuck in AUTH, one that
+            # arrived after the deadline) must not be left half-open.
+            for proto in made:
+                if proto is not self._connection and proto.transport is not None:
+                    proto.transport.abortConnection()
+            if failure.check(RedisProtocolError, RedisUnreachable):
+                return failure
+            if failure.check(defer.TimeoutError, defer.CancelledError):
+                raise RedisTimeout(f"{self.address}: no connection within {timeout:g} s")
+            if failure.check(internetError.ConnectError, internetError.ConnectionLost, OSError):
+                raise RedisUnreachable(f"{self.address}: {_describeConnectError(failure)}")
+            return failure
+
+        d = self._endpoint.connect(factory)
+        d.addCallback(connected)
+        d.addCallback(ready)
+        d.addTimeout(timeout, self._reactor)
+        d.addErrback(failed)
+        return d
+
+    def execute(self, *args):
+        """
+        Send one command, connecting first if need be.
+
+        @return: a Deferred firing with the reply, or failing with
+            L{RedisUnreachable} / L{RedisTimeout} (no answer in time; the
+            connection is aborted) or L{RedisCommandError} (an error reply).
+        """
+        d = self.connect()
+        d.addCallback(self._send, args)
+        return d
+
+    def _send(self, proto, args):
+        timeout = self._config.replyTimeout / 1000.0
+        try:
+            reply = proto.execute_command(*args)
+        except txredisapi.ConnectionError as e:
+            self._connection = None
+            return defer.fail(RedisUnreachable(f"{self.address}: {e}"))
+
+        def failed(failure):
+            if failure.check(defer.TimeoutError, defer.CancelledError):
+                self.disconnect()
+                raise RedisTimeout(f"{self.address}: no reply to {args[0]} within {timeout:g} s")
+            if failure.check(txredisapi.ResponseError) and not failure.check(txredisapi.ConnectionError):
+                raise RedisCommandError(str(failure.value))
+            if failure.check(txredisapi.ConnectionError):
+                self._connection = None
+                raise RedisUnreachable(f"{self.address}: {failure.value}")
+            return failure
+
+        reply.addTimeout(timeout, self._reactor)
+        reply.addErrback(failed)
+        return reply
+
+    def disconnect(self):
+        """
+        Drop the connection (if any) at once; the next command reconnects.
+        """
+        proto, self._connection = self._connection, None
+        if proto is not None and proto.transport is not None:
+            proto.transport.abortConnection()
+
+    def close(self):
+        """
+        Close the connection politely and wait for it to be gone.
+        """
+        proto, self._connection = self._connection, None
+        if proto is None or not proto.connected:
+            return defer.succeed(None)
+        gone = proto.whenDisconnected()
+        proto.transport.loseConnection()
+        gone.addTimeout(1.0, self._reactor)
+        gone.addErrback(lambda f: proto.transport.abortConnection())
+        gone.addCallback(lambda _: None)
+        return gone
+
+
+def _describeConnectError(failure):
+    value = failure.value
+    text = getattr(value, "osError", None) or value
+    text = str(text).strip().rstrip(".")
+    return text or failure.type.__name__

@@ -1,0 +1,620 @@
+"""
+A BeatCop node: an L{IService} that waits for the lease, runs the command
+while it holds it, and stops the command before the lease could have run out.
+
+The node's life is one explicit state machine (L{NodeState}, transitions in
+L{_TRANSITIONS}).  The lease arithmetic, in reactor seconds:
+
+  - every acquisition or refresh that Redis confirms proves the lease until
+    C{sent + ttl}, where C{sent} is when the command was I{sent} (Redis starts
+    counting the TTL later than that, never earlier);
+  - the stop point is C{provenUntil - safetyMargin - killGrace}: there the
+    stop signal goes to the command's group, and SIGKILL C{killGrace} later,
+    so the command is dead C{safetyMargin} before the lease could expire;
+  - config validation guarantees C{refreshInterval + replyTimeout + killGrace
+    + safetyMargin <= ttl}, so one refresh can fail (or time out) and the
+    next one still lands before the stop point;
+  - the lease guard process (L{beatcop.guard}) holds its own kill-by deadline
+    (C{provenUntil - safetyMargin / 2}) on the monotonic clock, so the bound
+    holds even when this reactor is frozen.
+
+Passing the stop point is final: a reply that arrives later cannot revive a
+lease whose continuity can no longer be proven.
+"""
+
+import enum
+import os
+import random
+import time
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from .child import ChildProcess
+from .errors import (
+    EX_OK,
+    EX_SOFTWARE,
+    EX_UNAVAILABLE,
+    BeatCopError,
+    RedisProtocolError,
+)
+from .lock import RedisLock, RefreshOutcome
+from .redisconn import RedisClient
+
+MINIMUM_REDIS = (2, 6, 12)
+
+
+class NodeState(enum.Enum):
+    STOPPED = "stopped"  # not started yet
+    CONNECTING = "connecting"  # start-up: reaching Redis, checking it
+    STANDBY = "standby"  # waiting for the lease
+    STARTING = "starting"  # lease held, command being started
+    RUNNING = "running"  # lease held, command running
+    RESTARTING = "restarting"  # lease held, command ended, restart pending
+    STOPPING = "stopping"  # command being stopped
+    RELEASING = "releasing"  # command gone, deleting our key
+    FINISHED = "finished"  # done; exitCode says how
+
+
+_TRANSITIONS = {
+    NodeState.STOPPED: {NodeState.CONNECTING, NodeState.FINISHED},
+    NodeState.CONNECTING: {NodeState.STANDBY, NodeState.FINISHED},
+    NodeState.STANDBY: {NodeState.STARTING, NodeState.FINISHED},
+    NodeState.STARTING: {NodeState.RUNNING, NodeState.STOPPING, NodeState.RELEASING, NodeState.FINISHED},
+    NodeState.RUNNING: {NodeState.STOPPING, NodeState.RELEASING, NodeState.RESTARTING},
+    NodeState.RESTARTING: {NodeState.STARTING, NodeState.RELEASING, NodeState.FINISHED},
+    NodeState.STOPPING: {NodeState.RELEASING, NodeState.FINISHED},
+    NodeState.RELEASING: {NodeState.STANDBY, NodeState.FINISHED},
+    NodeState.FINISHED: set(),
+}
+
+# States in which this node holds (or believes it holds) the lease and must
+# keep refreshing it and honour its deadline.
+_HOLDING = {NodeState.STARTING, NodeState.RUNNING, NodeState.RESTARTING, NodeState.STOPPING}
+
+
+class BeatCopService(service.Service):
+    """
+    One BeatCop node.
+
+    Add it to any L{service.MultiService}; when it finishes (the command
+    exited, the lease was lost, Redis was unreachable at start-up, or it was
+    stopped), L{whenFinished} fires with the exit code the process should
+    end with.  The twistd plugin stops the reactor then; an embedding
+    application decides for itself.
+
+    @ivar state: the current L{NodeState}.
+    @ivar exitCode: the exit code decided so far (C{None} while undecided).
+    @ivar lock: the L{RedisLock}.
+    @ivar child: the current L{ChildProcess}, or C{None}.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config,
+        reactor=None,
+        client=None,
+        lock=None,
+        monotonic=time.monotonic,
+        randomSource=None,
+        childFactory=ChildProcess,
+    ):
+        """
+        @param config: a L{beatcop.config.Config}.
+        @param reactor: provides process spawning and time; the global
+            reactor if C{None}.
+        @param client: a L{RedisClient} (made from the config if C{None}).
+        @param lock: a L{RedisLock} (made from the config if C{None}).
+        @param monotonic: the clock the lease guard shares with us.
+        @param childFactory: makes the L{ChildProcess} (tests pass fakes).
+        """
+        if reactor is None:
+            from twisted.internet import reactor
+        self.config = config
+        self._reactor = reactor
+        self._client = client
+        self.lock = lock
+        self._monotonic = monotonic
+        self._random = randomSource or random.Random()
+        self._childFactory = childFactory
+        self.state = NodeState.STOPPED
+        self.exitCode = None
+        self.child = None
+        self.childStartedAt = None
+        self.provenUntil = None
+        self._deadlineCall = None
+        self._attemptCall = None
+        self._restartCall = None
+        self._restartDelay = config.restartDelay / 1000.0
+        self._refreshLoop = None
+        self._finishedWaiters = []
+        self._redisFailing = False
+
+    # -- public API ------------------------------------------------------
+
+    @property
+    def holdsLease(self):
+        """
+        Whether this node holds a lease that it can still prove.
+        """
+        return self.state in _HOLDING and self.provenUntil is not None
+
+    def whenFinished(self):
+        """
+        @return: a Deferred firing with the exit code once the node is done.
+        """
+        if self.state is NodeState.FINISHED:
+            return defer.succeed(self.exitCode)
+        d = defer.Deferred()
+        self._finishedWaiters.append(d)
+        return d
+
+    def startService(self):
+        super().startService()
+        self._moveTo(NodeState.CONNECTING)
+        self._track(self._connect())
+
+    def stopService(self):
+        """
+        A clean stop: a standby just leaves; a holder stops the command
+        within the grace period and deletes its key so that a standby takes
+        over at once.
+
+        @return: a Deferred that fires (never fails) once the node is done.
+        """
+        super().stopService()
+        state = self.state
+        if state in (NodeState.STOPPED, NodeState.CONNECTING, NodeState.STANDBY):
+            self._finish(EX_OK if self.exitCode is None else self.exitCode, "stopped")
+        elif state in (NodeState.STARTING, NodeState.RUNNING):
+            self.log.info("Stopping: the command will be stopped and the lock released")
+            self._stopChild()
+        elif state is NodeState.RESTARTING:
+            self._release()
+        return self.whenFinished().addCallback(lambda _: None)
+
+    def forwardSignal(self, sig):
+        """
+        Pass a signal to the command's process group (the twistd glue sends
+        SIGHUP here, which daemons take as "reload"); a standby has nothing
+        to pass it to.
+        """
+        if self.child is not None and self.state is NodeState.RUNNING:
+            self.log.info("Forwarding signal {signal} to the command", signal=int(sig))
+            self.child.signalGroup(sig)
+
+    # -- state machine ---------------------------------------------------
+
+    def _moveTo(self, newState):
+        if newState not in _TRANSITIONS[self.state]:
+            raise RuntimeError(f"BeatCop bug: no transition from {self.state.name} to {newState.name}")
+        self.state = newState
+        if newState in _HOLDING:
+            self._startRefreshing()
+        else:
+            self._stopRefreshing()
+            self._cancelDeadline()
+
+    def _track(self, d):
+        """
+        End an operation's chain with an errback that logs a bug with
+        context and moves the node toward "stop the command", so that no
+        failure is ever left unhandled.
+        """
+        return d.addErrback(self._bug)
+
+    def _bug(self, failure):
+        if failure.check(defer.CancelledError):
+            return None
+        self.log.failure("BeatCop bug; stopping the command and exiting", failure)
+        if self.state is not NodeState.FINISHED:
+            self._leaseLost("internal error", exitCode=EX_SOFTWARE)
+
+    def _finish(self, exitCode, why):
+        if self.state is NodeState.FINISHED:
+            return
+        self.exitCode = exitCode
+        self._moveTo(NodeState.FINISHED)
+        for call in (self._attemptCall, self._restartCall):
+            if call is not None and call.active():
+                call.cancel()
+        self.log.info("Finished ({why}), exit code {code}", why=why, code=exitCode)
+        closing = self.client.close() if self._client is not None else defer.succeed(None)
+
+        def notify(_):
+            waiters, self._finishedWaiters = self._finishedWaiters, []
+            for waiter in waiters:
+                waiter.callback(exitCode)
+
+        closing.addBoth(notify)
+
+    # -- start-up --------------------------------------------------------
+
+    @property
+    def client(self):
+        if self._client is None:
+            unixSocket = None
+            if self.config.redis.embedded:
+                from .embedded import ensureEmbeddedRedis
+
+                unixSocket = ensureEmbeddedRedis()
+                self.log.info("Using the embedded Redis on this host only, at {path}", path=unixSocket)
+            self._client = RedisClient(self._reactor, self.config.redis, unixSocket=unixSocket)
+        return self._client
+
+    def _makeLock(self):
+        if self.lock is None:
+            self.lock = RedisLock(self.client, self.config.lockName, self.config.ttl)
+        return self.lock
+
+    @defer.inlineCallbacks
+    def _connect(self):
+        try:
+            client = self.client
+            info = yield client.execute("INFO", "server")
+            version = _redisVersion(info)
+            if version < MINIMUM_REDIS:
+                raise RedisProtocolError(
+                    f"{client.address}: Redis {'.'.join(map(str, version))} is too old;"
+                    f" BeatCop needs {'.'.join(map(str, MINIMUM_REDIS))} or newer"
+                )
+        except BeatCopError as e:
+            self.log.error("Cannot use Redis: {error}", error=str(e))
+            self._finish(e.exitCode, "Redis unusable at start-up")
+            return
+        lock = self._makeLock()
+        if self.state is not NodeState.CONNECTING:
+            return
+        self.log.info(
+            "Connected to {address} (Redis {version}); node {holder} waiting for lock {lock}",
+            address=client.address,
+            version=".".join(map(str, version)),
+            holder=lock.holderId,
+            lock=lock.lockName,
+        )
+        self._moveTo(NodeState.STANDBY)
+        self._attempt()
+
+    # -- standby ---------------------------------------------------------
+
+    def _scheduleAttempt(self, delay):
+        if self._attemptCall is not None and self._attemptCall.active():
+            self._attemptCall.cancel()
+        self._attemptCall = self._reactor.callLater(delay, self._attempt)
+
+    def _attempt(self):
+        if self.state is not NodeState.STANDBY:
+            return
+        sentAt = self._reactor.seconds()
+        d = self.lock.acquire()
+        d.addCallbacks(self._attempted, self._attemptFailed, callbackArgs=(sentAt,))
+        self._track(d)
+
+    def _attempted(self, attempt, sentAt):
+        if self.state is not NodeState.STANDBY:
+            if attempt.acquired:
+                # Stopped while the attempt was in flight: give it back.
+                self._track(self.lock.release().addErrback(lambda f: None))
+            return
+        self._redisRecovered()
+        if attempt.acquired:
+            self.log.info(
+                "Acquired lock {lock} with fencing token {token}",
+                lock=self.lock.lockName,
+                token=attempt.token,
+            )
+            self._moveTo(NodeState.STARTING)
+            self._leaseProven(sentAt)
+            self._startChild()
+            return
+        self._scheduleAttempt(self._nextAttemptDelay(attempt.pttl))
+
+    def _nextAttemptDelay(self, pttl):
+        """
+        When to try again: when the holder's lease can expire if that is
+        sooner than the regular interval, plus a little jitter so that
+        standbys do not all hit Redis in the same millisecond.
+        """
+        interval = self.config.refreshInterval / 1000.0
+        if pttl >= 0:
+            interval = min(interval, pttl / 1000.0 + 0.001)
+        return interval + self._random.uniform(0, 0.010)
+
+    def _attemptFailed(self, failure):
+        failure.trap(BeatCopError)
+        if self.state is not NodeState.STANDBY:
+            return
+        self._redisFailed(failure)
+        self._scheduleAttempt(self.config.refreshInterval / 1000.0)
+
+    def _redisFailed(self, failure):
+        if not self._redisFailing:
+            self._redisFailing = True
+            self.log.warn("Redis failing: {error}", error=str(failure.value))
+
+    def _redisRecovered(self):
+        if self._redisFailing:
+            self._redisFailing = False
+            self.log.info("Redis answering again")
+
+    # -- the lease -------------------------------------------------------
+
+    def _startRefreshing(self):
+        if self._refreshLoop is None:
+            self._refreshLoop = task.LoopingCall(self._refresh)
+            self._refreshLoop.clock = self._reactor
+            interval = self.config.refreshInterval / 1000.0
+            self._refreshLoop.start(interval, now=False).addErrback(self._bug)
+
+    def _stopRefreshing(self):
+        loop, self._refreshLoop = self._refreshLoop, None
+        if loop is not None and loop.running:
+            loop.stop()
+
+    def _cancelDeadline(self):
+        call, self._deadlineCall = self._deadlineCall, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _refresh(self):
+        """
+        One refresh, by the LoopingCall.  Never fails (a failure would stop
+        the loop): what goes wrong is logged and left to the deadline.
+        """
+        if not self.holdsLease:
+            return None
+        sentAt = self._reactor.seconds()
+        d = self.lock.refresh()
+        d.addCallbacks(self._refreshed, self._refreshFailed, callbackArgs=(sentAt,))
+        return self._track(d)
+
+    def _refreshed(self, outcome, sentAt):
+        if not self.holdsLease:
+            return None
+        self._redisRecovered()
+        if outcome is RefreshOutcome.REFRESHED:
+            self._leaseProven(sentAt)
+        elif outcome is RefreshOutcome.TAKEN:
+            self._leaseLost("the lock is held by another node")
+        else:
+            self.log.warn(
+                "Lock {lock} vanished from Redis (restarted or flushed?); reclaiming it with token {token}",
+                lock=self.lock.lockName,
+                token=self.lock.token,
+            )
+            reclaimSentAt = self._reactor.seconds()
+            d = self.lock.reclaim()
+            d.addCallbacks(self._reclaimed, self._refreshFailed, callbackArgs=(reclaimSentAt,))
+            return d
+        return None
+
+    def _reclaimed(self, attempt, sentAt):
+        if not self.holdsLease:
+            return
+        if attempt.acquired:
+            self._leaseProven(sentAt)
+        else:
+            self._leaseLost(f"the lock was taken by {attempt.holder} while Redis had lost it")
+
+    def _refreshFailed(self, failure):
+        failure.trap(BeatCopError)
+        if not self.holdsLease:
+            return
+        left = self.provenUntil - self._reactor.seconds()
+        self.log.warn(
+            "Lease refresh failed: {error}; the lease is proven for {left:.0f} ms more",
+            error=str(failure.value),
+            left=max(0.0, left * 1000),
+        )
+
+    def _stopPoint(self):
+        config = self.config
+        return self.provenUntil - (config.safetyMargin + config.killGrace) / 1000.0
+
+    def _leaseProven(self, sentAt):
+        """
+        Redis confirmed the lease as of C{sentAt}: move the deadlines.
+        """
+        provenUntil = sentAt + self.config.ttl / 1000.0
+        if self.provenUntil is not None and provenUntil <= self.provenUntil:
+            return
+        self.provenUntil = provenUntil
+        self._cancelDeadline()
+        delay = max(0.0, self._stopPoint() - self._reactor.seconds())
+        self._deadlineCall = self._reactor.callLater(delay, self._deadlinePassed)
+        if self.child is not None:
+            self.child.extendDeadline(self._guardKillBy())
+
+    def _guardKillBy(self):
+        """
+        The guard's kill-by time on the monotonic clock: half the safety
+        margin before the lease could expire, i.e. after our own SIGKILL
+        (which is due a whole margin before), so that the guard is the
+        backstop, not the first to act.
+        """
+        killBy = self.provenUntil - self.config.safetyMargin / 2000.0
+        return self._monotonic() + (killBy - self._reactor.seconds())
+
+    def _deadlinePassed(self):
+        self._deadlineCall = None
+        if self.state in _HOLDING:
+            self._leaseLost(
+                "the lease could not be refreshed in time (Redis unreachable, too slow, or this process was paused)"
+            )
+
+    def _leaseLost(self, why, exitCode=EX_UNAVAILABLE):
+        """
+        This node can no longer prove its lease: stop the command so that it
+        is dead before the lease could expire, and finish with C{exitCode}.
+        No release: the key is not (provably) ours.
+        """
+        self.log.error("Lease on {lock} lost: {why}", lock=self.config.lockName, why=why)
+        self.exitCode = exitCode
+        self.provenUntil = None
+        if self.state in (NodeState.STARTING, NodeState.RUNNING, NodeState.STOPPING):
+            if self.state is not NodeState.STOPPING:
+                self._moveTo(NodeState.STOPPING)
+            self._stopRefreshing()
+            self._cancelDeadline()
+            if self.child is not None:
+                self.child.stop()
+            else:
+                self._finish(exitCode, "lease lost")
+        elif self.state is NodeState.RELEASING or self.state is NodeState.RESTARTING:
+            self._finish(exitCode, "lease lost")
+        elif self.state is not NodeState.FINISHED:
+            self._finish(exitCode, why)
+
+    # -- the command -----------------------------------------------------
+
+    def _childEnvironment(self):
+        environment = dict(os.environ)
+        environment.update(self.config.environment)
+        environment.update(
+            BEATCOP_LOCK_NAME=self.lock.lockName,
+            BEATCOP_HOLDER_ID=self.lock.holderId,
+            BEATCOP_FENCING_TOKEN=str(self.lock.token),
+        )
+        return environment
+
+    def _startChild(self):
+        config = self.config
+        child = self._childFactory(
+            self._reactor,
+            config.argv(),
+            self._childEnvironment(),
+            config.stopSignal,
+            config.killGrace / 1000.0,
+            self._guardKillBy(),
+            monotonic=self._monotonic,
+            shell=config.shell,
+        )
+        self.child = child
+        self.childStartedAt = self._reactor.seconds()
+        started = child.start()
+        started.addCallbacks(self._childStarted, self._childFailedToStart, callbackArgs=(child,), errbackArgs=(child,))
+        self._track(started)
+        self._track(child.ended.addCallback(self._childEnded, child))
+
+    def _childStarted(self, pid, child):
+        if child is not self.child:
+            return
+        self.log.info(
+            "Started {command!r} (pid {pid}) with fencing token {token}",
+            command=self.config.command,
+            pid=pid,
+            token=self.lock.token,
+        )
+        if self.state is NodeState.STARTING:
+            self._moveTo(NodeState.RUNNING)
+
+    def _childFailedToStart(self, failure, child):
+        failure.trap(BeatCopError)
+        if child is not self.child:
+            return
+        self.log.error("Cannot start the command: {error}", error=str(failure.value))
+        if self.exitCode is None:
+            self.exitCode = failure.value.exitCode
+
+    def _childEnded(self, result, child):
+        if child is not self.child:
+            return
+        self.child = None
+        failedToStart = child.commandPid is None
+        if self.state is NodeState.STOPPING:
+            self.log.info("The command {how}", how=result.describe())
+            if self.provenUntil is None:
+                self._finish(self.exitCode if self.exitCode is not None else EX_UNAVAILABLE, "lease lost")
+            else:
+                self._release()
+            return
+        if self.state not in (NodeState.STARTING, NodeState.RUNNING):
+            return
+        if failedToStart:
+            self._release()
+            return
+        self.log.info("The command {how} on its own", how=result.describe())
+        onExit = self.config.onExit.value
+        if onExit == "restart":
+            self._scheduleRestart()
+        elif onExit == "handover":
+            self.log.info("Handing the lock over to another node")
+            self._release(handover=True)
+        else:
+            self.exitCode = result.code
+            self._release()
+
+    def _stopChild(self):
+        self._moveTo(NodeState.STOPPING)
+        if self.child is not None:
+            self.child.stop()
+        else:
+            self._release()
+
+    def _scheduleRestart(self):
+        ranFor = self._reactor.seconds() - (self.childStartedAt or 0)
+        maxDelay = self.config.restartMaxDelay / 1000.0
+        if ranFor >= maxDelay:
+            self._restartDelay = self.config.restartDelay / 1000.0
+        delay = self._restartDelay
+        self._restartDelay = min(maxDelay, self._restartDelay * 2)
+        self.log.info("Restarting the command in {delay:g} s, keeping the lock", delay=delay)
+        self._moveTo(NodeState.RESTARTING)
+        self._restartCall = self._reactor.callLater(delay, self._restart)
+
+    def _restart(self):
+        self._restartCall = None
+        if self.state is NodeState.RESTARTING:
+            self._moveTo(NodeState.STARTING)
+            self._startChild()
+
+    # -- release ---------------------------------------------------------
+
+    def _release(self, handover=False):
+        if self._restartCall is not None and self._restartCall.active():
+            self._restartCall.cancel()
+        self._moveTo(NodeState.RELEASING)
+        exitCode = EX_OK if self.exitCode is None else self.exitCode
+
+        def released(deleted):
+            if deleted:
+                self.log.info("Released lock {lock}", lock=self.lock.lockName)
+            else:
+                self.log.warn("Lock {lock} was no longer ours to release", lock=self.lock.lockName)
+
+        def failed(failure):
+            failure.trap(BeatCopError)
+            self.log.warn(
+                "Could not release lock {lock} ({error}); it expires on its own",
+                lock=self.lock.lockName,
+                error=str(failure.value),
+            )
+
+        def done(_):
+            self.provenUntil = None
+            if handover and self.running:
+                self._moveTo(NodeState.STANDBY)
+                # Give the other nodes a whole lease to take it first.
+                self._scheduleAttempt(self.config.ttl / 1000.0 + self._random.uniform(0, 0.010))
+            else:
+                self._finish(exitCode, "released")
+
+        d = self.lock.release()
+        d.addCallbacks(released, failed)
+        d.addCallback(done)
+        self._track(d)
+
+
+def _redisVersion(info):
+    if isinstance(info, bytes):
+        info = info.decode("utf-8", "replace")
+    for line in str(info).splitlines():
+        if line.startswith("redis_version:"):
+            try:
+                return tuple(int(part) for part in line.split(":", 1)[1].strip().split(".")[:3])
+            except ValueError:
+                break
+    raise RedisProtocolError(f"unexpected reply to INFO server: no redis_version in {str(info)[:80]!r}")

