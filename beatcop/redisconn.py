@@ -10,6 +10,8 @@ uses txredisapi only for what it is good at, the RESP protocol
 (L{txredisapi.RedisProtocol}), and owns the connecting itself.
 """
 
+import os
+
 from twisted.internet import defer, error as internetError
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.internet.protocol import Factory
@@ -259,7 +261,15 @@ class RedisClient:
 
 
 def _describeConnectError(failure):
+    """
+    A short reason for a failed connection: "Connection refused", not
+    Twisted's repr of an errno.
+    """
     value = failure.value
-    text = getattr(value, "osError", None) or value
-    text = str(text).strip().rstrip(".")
+    osError = getattr(value, "osError", None)
+    if isinstance(osError, int):
+        return os.strerror(osError)
+    if isinstance(value, OSError) and value.strerror:
+        return value.strerror
+    text = str(osError or value).strip().rstrip(".")
     return text or failure.type.__name__

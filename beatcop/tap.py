@@ -65,6 +65,10 @@ class Options(usage.Options):
         }
         if self["shell"]:
             overrides[("beatcop", "shell")] = "yes"
+        if self["url"] is not None:
+            # --url replaces wherever the file says Redis is.
+            for key in ("host", "port", "database", "startup_nodes"):
+                overrides[("redis", key)] = None
         try:
             self.beatcopConfig = loadConfig(self["config"], overrides)
         except ConfigError as e:

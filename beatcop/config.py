@@ -1,0 +1,1025 @@
+"""
+BeatCop's configuration: the ini file, command-line overrides, and the
+checks that make an unsafe or unusable configuration fail before anything
+touches Redis or starts a child.
+
+The file format is BeatCop 1.0's, extended: every 1.0 file keeps its meaning.
+A file has three sections::
+
+    [redis]        where the lock lives (1.0: host, port, database, password,
+                   startup_nodes; new: url, username, connect_timeout,
+                   reply_timeout)
+    [beatcop]      what to run and how (1.0: timeout, lockname, command,
+                   shell; new: refresh_interval, kill_grace, safety_margin,
+                   stop_signal, on_exit, restart_delay, restart_max_delay)
+    [environment]  extra environment variables for the child, names kept
+                   exactly as written
+
+Every problem is a L{ConfigError} whose message is one line naming the file,
+the section and the key, so that an operator can go straight to the mistake.
+Durations are whole numbers of milliseconds, as 1.0's C{timeout} was.
+
+The lease timing rule is checked here because it is what makes the
+"exactly one node" promise hold: a node must be able to notice a failed
+refresh, wait for Redis's reply to time out, stop its child and still have a
+safety margin left before its lease can expire and a standby may start
+another copy.  So::
+
+    refresh_interval + reply_timeout + kill_grace + safety_margin <= timeout
+"""
+
+import configparser
+import enum
+import os
+import re
+import shlex
+import shutil
+import signal
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from beatcop.errors import ConfigError
+
+
+class OnExit(enum.Enum):
+    """
+    What a node does when its child exits by itself (not because BeatCop
+    stopped it).
+
+    @cvar EXIT: stop this node too, keeping 1.0's behaviour (1.0 exited 1),
+        so that the supervisor running BeatCop decides what happens next.
+    @cvar RESTART: start the command again on this node, keeping the lease,
+        after C{restart_delay} (growing up to C{restart_max_delay}).
+    @cvar HANDOVER: release the lease so that another node may run the
+        command, and go back to waiting.
+    """
+
+    EXIT = "exit"
+    RESTART = "restart"
+    HANDOVER = "handover"
+
+
+DEFAULT_REDIS_PORT = 6379
+DEFAULT_TTL = 5000
+MINIMUM_TTL = 100
+DEFAULT_CONNECT_TIMEOUT = 2000
+DEFAULT_RESTART_DELAY = 1000
+DEFAULT_RESTART_MAX_DELAY = 30000
+# Large enough for any sane lease, small enough that a typo of many digits is
+# caught rather than turned into a lease that outlives everyone.
+MAXIMUM_MILLISECONDS = 2**31 - 1
+
+COMMAND_LINE = "command line"
+SHELL = "/bin/sh"
+
+
+def defaultReplyTimeout(ttl):
+    """
+    How long to wait for a Redis reply when the file does not say: a fifth of
+    the lease, at most a second.
+
+    @param ttl: the lease time-to-live in milliseconds.
+    @return: milliseconds.
+    """
+    return min(1000, ttl // 5)
+
+
+def defaultRefreshInterval(ttl):
+    """
+    How often to refresh the lease when the file does not say: three times
+    per lease, as BeatCop 1.0 did.
+    """
+    return ttl // 3
+
+
+def defaultKillGrace(ttl):
+    """
+    How long a child gets between the stop signal and SIGKILL when the file
+    does not say: 1.0's one second, less for short leases so that the timing
+    rule still holds.
+    """
+    return min(1000, ttl // 5)
+
+
+def defaultSafetyMargin(ttl):
+    """
+    The slack kept for clock drift between nodes and Redis when the file does
+    not say: a twentieth of the lease, at least 10 ms.
+    """
+    return max(10, ttl // 20)
+
+
+def timingProblem(ttl, refreshInterval, replyTimeout, killGrace, safetyMargin):
+    """
+    Check the lease timing rule.
+
+    @return: L{None} when C{refreshInterval + replyTimeout + killGrace +
+        safetyMargin <= ttl}, else the problem in words (naming every term
+        and the sum) for a message about the C{timeout} key.
+    """
+    total = refreshInterval + replyTimeout + killGrace + safetyMargin
+    if total <= ttl:
+        return None
+    return (
+        f"{ttl} ms cannot hold refresh_interval {refreshInterval}"
+        f" + reply_timeout {replyTimeout} + kill_grace {killGrace}"
+        f" + safety_margin {safetyMargin} = {total} ms;"
+        f" raise timeout or lower the others"
+    )
+
+
+class Environment(Mapping):
+    """
+    The child's extra environment variables: an immutable, hashable mapping
+    (so that L{Config} stays frozen and hashable) whose repr shows the names
+    only, because values are often credentials and configs get logged.
+    """
+
+    def __init__(self, items=()):
+        self._items = dict(items)
+
+    def __getitem__(self, name):
+        return self._items[name]
+
+    def __iter__(self):
+        return iter(self._items)
+
+    def __len__(self):
+        return len(self._items)
+
+    def __hash__(self):
+        return hash(frozenset(self._items.items()))
+
+    def __repr__(self):
+        return f"Environment(names={sorted(self._items)!r})"
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    """
+    Where the lock lives.  Exactly one of C{host}, C{unixSocket},
+    C{startupNodes} or C{embedded} says so.
+
+    @ivar host: TCP host name or address, or L{None}.
+    @ivar port: TCP port; meaningful only with C{host}.
+    @ivar unixSocket: path of a unix domain socket, or L{None}.
+    @ivar database: database number (Redis Cluster has only 0).
+    @ivar username: ACL user name, or L{None} for the default user.
+    @ivar password: AUTH password, or L{None}.  Kept out of the repr so that
+        logging a configuration never leaks it.
+    @ivar tls: connect with TLS (a C{rediss://} URL).
+    @ivar startupNodes: Redis Cluster seed nodes as C{(host, port)} pairs;
+        empty when not using a cluster.
+    @ivar embedded: BeatCop starts its own Redis (development and tests).
+    @ivar connectTimeout: milliseconds to wait for a connection.
+    @ivar replyTimeout: milliseconds to wait for any reply; part of the lease
+        timing rule.
+    """
+
+    host: str | None = None
+    port: int = DEFAULT_REDIS_PORT
+    unixSocket: str | None = None
+    database: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    startupNodes: tuple[tuple[str, int], ...] = ()
+    embedded: bool = False
+    connectTimeout: int = DEFAULT_CONNECT_TIMEOUT
+    replyTimeout: int = defaultReplyTimeout(DEFAULT_TTL)
+
+    def __post_init__(self):
+        # Accept lists from embedders, keep the instance hashable.
+        object.__setattr__(
+            self,
+            "startupNodes",
+            tuple((str(host), int(port)) for host, port in self.startupNodes),
+        )
+
+    def describe(self):
+        """
+        Say where the lock lives, for log lines: never the password (nor the
+        user name, which is half of a credential).
+        """
+        if self.embedded:
+            return "embedded Redis"
+        if self.startupNodes:
+            seeds = ",".join(
+                f"{_bracketed(host)}:{port}" for host, port in self.startupNodes
+            )
+            return f"Redis Cluster seeds {seeds}"
+        if self.unixSocket is not None:
+            return f"unix://{self.unixSocket}?db={self.database}"
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://{_bracketed(self.host)}:{self.port}/{self.database}"
+
+
+@dataclass(frozen=True)
+class Config:
+    """
+    Everything a BeatCop node needs, checked.  Durations are milliseconds.
+
+    @ivar redis: where the lock lives.
+    @ivar lockName: the Redis key of the lock.
+    @ivar command: the command line to keep running on exactly one node.
+    @ivar shell: run C{command} through C{/bin/sh -c}.
+    @ivar ttl: the lease time-to-live (ini key C{timeout}).
+    @ivar refreshInterval: time between lease refreshes.
+    @ivar killGrace: time between the stop signal and SIGKILL.
+    @ivar safetyMargin: slack kept for clock drift.
+    @ivar stopSignal: the signal that asks the child to stop.
+    @ivar onExit: what to do when the child exits by itself.
+    @ivar restartDelay: first delay before a restart (L{OnExit.RESTART}).
+    @ivar restartMaxDelay: the longest delay before a restart.
+    @ivar environment: extra environment variables for the child, on top of
+        BeatCop's own environment.
+    @ivar source: the file path, or C{"command line"}; used in messages.
+    @ivar warnings: one-line warnings (unknown keys and sections, ignored
+        keys) for the caller to log.
+
+    Constructing one directly (as embedders and tests do) still enforces the
+    lease timing rule, since no configuration that breaks it is safe.
+    """
+
+    redis: RedisConfig
+    lockName: str
+    command: str
+    shell: bool = False
+    ttl: int = DEFAULT_TTL
+    refreshInterval: int = defaultRefreshInterval(DEFAULT_TTL)
+    killGrace: int = defaultKillGrace(DEFAULT_TTL)
+    safetyMargin: int = defaultSafetyMargin(DEFAULT_TTL)
+    stopSignal: int = signal.SIGTERM
+    onExit: OnExit = OnExit.EXIT
+    restartDelay: int = DEFAULT_RESTART_DELAY
+    restartMaxDelay: int = DEFAULT_RESTART_MAX_DELAY
+    environment: Mapping[str, str] = Environment()
+    source: str = ""
+    warnings: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not isinstance(self.environment, Environment):
+            object.__setattr__(self, "environment", Environment(self.environment))
+        object.__setattr__(self, "warnings", tuple(self.warnings))
+        problem = timingProblem(
+            self.ttl,
+            self.refreshInterval,
+            self.redis.replyTimeout,
+            self.killGrace,
+            self.safetyMargin,
+        )
+        if problem is not None:
+            raise ConfigError(
+                f"{self.source or 'configuration'}: [beatcop] timeout: {problem}"
+            )
+
+    def argv(self):
+        """
+        The child's argument vector: the command split as a shell would
+        split words (without running one), or handed to C{/bin/sh -c}.
+
+        @rtype: L{list} of L{str}
+        """
+        if self.shell:
+            return [SHELL, "-c", self.command]
+        return shlex.split(self.command)
+
+
+# Keys each section knows.  Anything else in [redis]/[beatcop] is reported as
+# a warning, since 1.0 files may carry extras that 1.0 ignored.
+REDIS_KEYS = frozenset(
+    {
+        "host",
+        "port",
+        "database",
+        "password",
+        "startup_nodes",
+        "url",
+        "username",
+        "connect_timeout",
+        "reply_timeout",
+    }
+)
+BEATCOP_KEYS = frozenset(
+    {
+        "timeout",
+        "lockname",
+        "command",
+        "shell",
+        "refresh_interval",
+        "kill_grace",
+        "safety_margin",
+        "stop_signal",
+        "on_exit",
+        "restart_delay",
+        "restart_max_delay",
+    }
+)
+_KNOWN_KEYS = {"redis": REDIS_KEYS, "beatcop": BEATCOP_KEYS}
+_ENVIRONMENT = "environment"
+_SECTIONS = ("redis", "beatcop", _ENVIRONMENT)
+# configparser's own [DEFAULT] magic would copy its keys into [environment];
+# read it as a plain section instead and apply it to [redis]/[beatcop] only.
+_DEFAULT_SECTION = "DEFAULT"
+_NO_DEFAULT_SECTION = "\0no default section"
+
+_STOP_SIGNALS = {
+    name: getattr(signal, "SIG" + name)
+    for name in ("TERM", "INT", "HUP", "QUIT", "USR1", "USR2", "KILL")
+}
+# Signals that pause a process instead of ending it: the child would stay
+# alive, holding whatever it holds, until SIGKILL.
+_PAUSING_SIGNALS = frozenset(
+    getattr(signal, name)
+    for name in ("SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU")
+    if hasattr(signal, name)
+)
+_ENVIRONMENT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_RESERVED_PREFIX = "BEATCOP_"
+_DIGITS = re.compile(r"[0-9]+\Z")
+_NEGATIVE = re.compile(r"-[0-9]+\Z")
+
+
+@dataclass(frozen=True)
+class _Value:
+    """
+    One key's text and where it came from, so that messages can point at it.
+
+    @ivar origin: L{None} for the file's own section, else a phrase such as
+        C{"the command line"} or C{"[DEFAULT]"}.
+    """
+
+    text: str
+    origin: str | None = None
+
+
+class _Reader:
+    """
+    The merged values of one load, and the one place that turns a problem
+    into a L{ConfigError} line or a warning.
+    """
+
+    def __init__(self, source, sections):
+        self.source = source
+        self.sections = sections
+        self.warnings = []
+
+    def where(self, section, key=None):
+        if key is None:
+            return f"{self.source}: [{section}]"
+        value = self.sections.get(section, {}).get(key)
+        origin = ""
+        if value is not None and value.origin is not None:
+            if not (value.origin == "the command line" and self.source == COMMAND_LINE):
+                origin = f" (from {value.origin})"
+        return f"{self.source}: [{section}] {key}{origin}"
+
+    def fail(self, section, key, problem):
+        raise ConfigError(f"{self.where(section, key)}: {problem}")
+
+    def warn(self, section, key, problem):
+        self.warnings.append(f"{self.where(section, key)}: {problem}")
+
+    def raw(self, section, key):
+        """
+        The key's L{_Value}, even when empty; L{None} when absent.
+        """
+        return self.sections.get(section, {}).get(key)
+
+    def text(self, section, key):
+        """
+        The key's text, or L{None} when absent or empty: an empty value means
+        "use the default", as an empty C{lockname} did in 1.0.
+        """
+        value = self.raw(section, key)
+        if value is None or not value.text.strip():
+            return None
+        return value.text.strip()
+
+    def given(self, section, key):
+        return self.text(section, key) is not None
+
+    def milliseconds(self, section, key, default, minimum=1):
+        text = self.text(section, key)
+        if text is None:
+            return default
+        if _NEGATIVE.match(text):
+            self.fail(section, key, f"must not be negative: {text!r}")
+        if not _DIGITS.match(text):
+            self.fail(section, key, f"not a whole number of milliseconds: {text!r}")
+        if len(text) > len(str(MAXIMUM_MILLISECONDS)) or int(text) > MAXIMUM_MILLISECONDS:
+            self.fail(
+                section, key, f"too large: {text} ms (at most {MAXIMUM_MILLISECONDS})"
+            )
+        number = int(text)
+        if number < minimum:
+            if minimum == 1:
+                self.fail(section, key, f"must be more than 0 ms, not {number}")
+            self.fail(section, key, f"must be at least {minimum} ms, not {number}")
+        return number
+
+    def port(self, section, key):
+        text = self.text(section, key)
+        if text is None:
+            return DEFAULT_REDIS_PORT
+        return _parsePort(text, lambda problem: self.fail(section, key, problem))
+
+    def database(self, section, key):
+        text = self.text(section, key)
+        if text is None:
+            return 0
+        if not _DIGITS.match(text) or len(text) > 10:
+            self.fail(section, key, f"not a database number (0 or more): {text!r}")
+        return int(text)
+
+
+def _bracketed(host):
+    """
+    An IPv6 address in brackets, so that the port that follows is readable.
+    """
+    return f"[{host}]" if ":" in host else host
+
+
+def _parsePort(text, fail):
+    if not _DIGITS.match(text) or len(text) > 5 or not 1 <= int(text) <= 65535:
+        fail(f"not a port number (1 to 65535): {text!r}")
+    return int(text)
+
+
+def _redactUrl(url):
+    """
+    The URL with any password (and anything that could be one) replaced, so
+    that it can be quoted in a message.
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator or "@" not in rest:
+        return url
+    userInfo, _, hostPart = rest.rpartition("@")
+    user, colon, _ = userInfo.partition(":")
+    redacted = f"{user}:***" if colon else "***"
+    return f"{scheme}://{redacted}@{hostPart}"
+
+
+def _readFile(path, source):
+    """
+    Read the ini file into C{{section: {key: text}}} with keys as written.
+    """
+    parser = configparser.ConfigParser(
+        interpolation=None,
+        default_section=_NO_DEFAULT_SECTION,
+        # Python 2's ConfigParser (BeatCop 1.0's) cut a value at " ;", so 1.0
+        # files may carry such comments after a value.
+        inline_comment_prefixes=(";",),
+    )
+    parser.optionxform = str
+    try:
+        with open(path, encoding="utf-8") as configFile:
+            text = configFile.read()
+    except OSError as error:
+        raise ConfigError(
+            f"{source}: cannot read the file: {error.strerror or error}"
+        ) from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{source}: not UTF-8 text (byte {error.start})"
+        ) from None
+    try:
+        parser.read_string(text, source=source)
+    except configparser.MissingSectionHeaderError as error:
+        raise ConfigError(
+            f"{source}: line {error.lineno}: a key before any [section] header"
+        ) from None
+    except configparser.DuplicateSectionError as error:
+        raise ConfigError(
+            f"{source}: [{error.section}]: section given twice (line {error.lineno})"
+        ) from None
+    except configparser.DuplicateOptionError as error:
+        raise ConfigError(
+            f"{source}: [{error.section}] {error.option}: given twice"
+            f" (line {error.lineno})"
+        ) from None
+    except configparser.ParsingError as error:
+        # Do not quote the line: it may be a password written without "=".
+        lineNumber = error.errors[0][0] if error.errors else "?"
+        raise ConfigError(
+            f"{source}: line {lineNumber}: not a [section] header,"
+            f" a key = value line, or a comment"
+        ) from None
+    except configparser.Error as error:
+        message = " ".join(str(error).split())
+        raise ConfigError(f"{source}: {message}") from None
+    return {
+        section: dict(parser.items(section, raw=True))
+        for section in parser.sections()
+    }
+
+
+def _mergeSections(source, fileSections, overrides):
+    """
+    Combine the file's sections, its [DEFAULT] and the overrides into
+    C{{section: {key: _Value}}}, keys of [redis]/[beatcop] lower-cased (they
+    are matched case-insensitively, as 1.0's were) and [environment]'s kept as
+    written.
+
+    @return: the merged sections and the warnings found on the way.
+    """
+    merged = {section: {} for section in _SECTIONS}
+    warnings = []
+
+    def caseFolded(section, items, origin):
+        where = f"[{section}]" if origin is None else origin
+        folded = {}
+        written = {}
+        for key, text in items.items():
+            lowered = key.lower()
+            if lowered in folded:
+                raise ConfigError(
+                    f"{source}: {where} {lowered}: given twice"
+                    f" (as {written[lowered]!r} and {key!r})"
+                )
+            folded[lowered] = _Value(text, origin)
+            written[lowered] = key
+        return folded
+
+    for section, items in fileSections.items():
+        if section in _KNOWN_KEYS:
+            merged[section].update(caseFolded(section, items, None))
+        elif section == _ENVIRONMENT:
+            merged[section].update(
+                (key, _Value(text)) for key, text in items.items()
+            )
+        elif section != _DEFAULT_SECTION:
+            warnings.append(f"{source}: [{section}]: unknown section, ignored")
+
+    # BeatCop 1.0 read [DEFAULT] into every section; keep that for the
+    # sections whose keys are known, and never let it leak into the child's
+    # environment.
+    defaults = caseFolded(
+        _DEFAULT_SECTION, fileSections.get(_DEFAULT_SECTION, {}), "[DEFAULT]"
+    )
+    for key, value in defaults.items():
+        owners = [
+            section for section, known in _KNOWN_KEYS.items() if key in known
+        ]
+        if not owners:
+            warnings.append(f"{source}: [DEFAULT] {key}: unknown key, ignored")
+        for section in owners:
+            merged[section].setdefault(key, value)
+
+    for (section, key), text in (overrides or {}).items():
+        if section not in _SECTIONS:
+            raise ConfigError(
+                f"{source}: [{section}] {key} (from the command line):"
+                f" unknown section"
+            )
+        if section in _KNOWN_KEYS:
+            key = key.lower()
+            if key not in _KNOWN_KEYS[section]:
+                raise ConfigError(
+                    f"{source}: [{section}] {key} (from the command line):"
+                    f" unknown key"
+                )
+        if text is None:
+            # Lets a flag replace a group of keys, e.g. a URL given on the
+            # command line removing the file's host.
+            merged[section].pop(key, None)
+        elif not isinstance(text, str):
+            raise TypeError(
+                f"override for ({section!r}, {key!r}) must be a str or None,"
+                f" not {type(text).__name__}"
+            )
+        else:
+            merged[section][key] = _Value(text, "the command line")
+    return merged, warnings
+
+
+def loadConfig(path=None, overrides=None):
+    """
+    Read, merge and check a configuration.
+
+    @param path: the ini file (BeatCop 1.0's format, extended), or L{None} to
+        build the configuration from C{overrides} alone.
+    @param overrides: C{{(section, key): text}} applied on top of the file as
+        if written in it, for command-line flags.  Keys of [redis] and
+        [beatcop] must be known ones.  A value of L{None} removes the key.
+    @return: a checked L{Config}.
+    @raise ConfigError: for any problem, with a one-line message naming the
+        file, section and key.
+    """
+    if path is None:
+        source = COMMAND_LINE
+        fileSections = {}
+    else:
+        source = os.fspath(path)
+        if isinstance(source, bytes):
+            source = os.fsdecode(source)
+        fileSections = _readFile(source, source)
+
+    sections, warnings = _mergeSections(source, fileSections, overrides)
+    reader = _Reader(source, sections)
+    reader.warnings.extend(warnings)
+
+    if path is not None and "beatcop" not in fileSections and not any(
+        section == "beatcop" for section, _ in (overrides or {})
+    ):
+        raise ConfigError(
+            f"{source}: [beatcop]: section missing; it must give at least"
+            f" the command to run"
+        )
+    for section, known in _KNOWN_KEYS.items():
+        for key, value in sections[section].items():
+            if key not in known:
+                reader.warn(section, key, "unknown key, ignored")
+
+    command, shell = _readCommand(reader)
+    lockName = reader.text("beatcop", "lockname") or "beatcop:" + command
+    ttl = reader.milliseconds("beatcop", "timeout", DEFAULT_TTL, minimum=MINIMUM_TTL)
+    redis = _readRedis(reader, ttl)
+    refreshInterval = reader.milliseconds(
+        "beatcop", "refresh_interval", defaultRefreshInterval(ttl)
+    )
+    killGrace = reader.milliseconds(
+        "beatcop", "kill_grace", defaultKillGrace(ttl), minimum=0
+    )
+    safetyMargin = reader.milliseconds(
+        "beatcop", "safety_margin", defaultSafetyMargin(ttl)
+    )
+    problem = timingProblem(
+        ttl, refreshInterval, redis.replyTimeout, killGrace, safetyMargin
+    )
+    if problem is not None:
+        reader.fail("beatcop", "timeout", problem)
+
+    stopSignal = _readStopSignal(reader)
+    onExit = _readOnExit(reader)
+    restartDelay = reader.milliseconds(
+        "beatcop", "restart_delay", DEFAULT_RESTART_DELAY
+    )
+    # A restart_delay above the default maximum should not force the user to
+    # also write restart_max_delay.
+    restartMaxDelay = reader.milliseconds(
+        "beatcop",
+        "restart_max_delay",
+        max(DEFAULT_RESTART_MAX_DELAY, restartDelay),
+    )
+    if restartMaxDelay < restartDelay:
+        reader.fail(
+            "beatcop",
+            "restart_max_delay",
+            f"{restartMaxDelay} ms is less than restart_delay {restartDelay} ms",
+        )
+
+    environment = _readEnvironment(reader)
+    _checkProgram(reader, command, shell, environment)
+
+    return Config(
+        redis=redis,
+        lockName=lockName,
+        command=command,
+        shell=shell,
+        ttl=ttl,
+        refreshInterval=refreshInterval,
+        killGrace=killGrace,
+        safetyMargin=safetyMargin,
+        stopSignal=stopSignal,
+        onExit=onExit,
+        restartDelay=restartDelay,
+        restartMaxDelay=restartMaxDelay,
+        environment=environment,
+        source=source,
+        warnings=tuple(reader.warnings),
+    )
+
+
+def _readCommand(reader):
+    value = reader.raw("beatcop", "command")
+    if value is None:
+        reader.fail("beatcop", "command", "missing: give the command to keep running")
+    command = value.text.strip()
+    if not command:
+        reader.fail("beatcop", "command", "empty: give the command to keep running")
+
+    shellText = reader.text("beatcop", "shell")
+    shell = False
+    if shellText is not None:
+        states = configparser.ConfigParser.BOOLEAN_STATES
+        if shellText.lower() not in states:
+            reader.fail(
+                "beatcop",
+                "shell",
+                f"not yes or no (nor true/false, on/off, 1/0): {shellText!r}",
+            )
+        shell = states[shellText.lower()]
+
+    if not shell:
+        try:
+            words = shlex.split(command)
+        except ValueError as error:
+            # Not quoting the command: it may carry credentials.
+            reader.fail(
+                "beatcop",
+                "command",
+                f"cannot split into words ({str(error).lower()});"
+                f" check its quotes, or set shell = yes",
+            )
+        if not words:
+            reader.fail("beatcop", "command", "empty: give the command to keep running")
+    return command, shell
+
+
+def _readRedis(reader, ttl):
+    locations = [
+        key for key in ("url", "host", "startup_nodes") if reader.given("redis", key)
+    ]
+    if not locations:
+        reader.fail(
+            "redis", None, "no Redis given; set one of url, host or startup_nodes"
+        )
+    if len(locations) > 1:
+        reader.fail(
+            "redis",
+            locations[0],
+            f"conflicts with {' and '.join(locations[1:])};"
+            f" give exactly one of url, host or startup_nodes",
+        )
+
+    connectTimeout = reader.milliseconds(
+        "redis", "connect_timeout", DEFAULT_CONNECT_TIMEOUT
+    )
+    replyTimeout = reader.milliseconds(
+        "redis", "reply_timeout", defaultReplyTimeout(ttl)
+    )
+    username = reader.text("redis", "username")
+    password = reader.text("redis", "password")
+    settings = dict(
+        username=username,
+        password=password,
+        connectTimeout=connectTimeout,
+        replyTimeout=replyTimeout,
+    )
+
+    (location,) = locations
+    if location == "url":
+        settings.update(_readUrl(reader))
+    elif location == "host":
+        host = reader.text("redis", "host")
+        if "://" in host:
+            reader.fail("redis", "host", "looks like a URL; write it as url = ...")
+        if "/" in host:
+            # BeatCop 1.0: a host containing "/" is a unix socket path.
+            if reader.given("redis", "port"):
+                reader.warn("redis", "port", "ignored with a unix socket host")
+            settings.update(
+                unixSocket=host, database=reader.database("redis", "database")
+            )
+        else:
+            if any(character.isspace() for character in host):
+                reader.fail("redis", "host", f"not a host name: {host!r}")
+            settings.update(
+                host=host,
+                port=reader.port("redis", "port"),
+                database=reader.database("redis", "database"),
+            )
+    else:
+        settings.update(startupNodes=_readStartupNodes(reader))
+        for key, reason in (
+            ("port", "each seed node gives its own port"),
+            ("database", "Redis Cluster has only database 0"),
+        ):
+            if reader.given("redis", key):
+                reader.warn("redis", key, f"ignored with startup_nodes ({reason})")
+
+    if settings["username"] is not None and settings["password"] is None:
+        reader.fail(
+            "redis",
+            "username",
+            "needs a password too (Redis AUTH takes a user name and a password)",
+        )
+    return RedisConfig(**settings)
+
+
+def _readStartupNodes(reader):
+    text = reader.text("redis", "startup_nodes")
+    nodes = []
+    for word in re.split(r"[\s,]+", text):
+        if not word:
+            continue
+        host, colon, portText = word.rpartition(":")
+        host = host.strip("[]") if host.startswith("[") else host
+        if not colon or not host:
+            reader.fail(
+                "redis", "startup_nodes", f"not a host:port seed node: {word!r}"
+            )
+        port = _parsePort(
+            portText,
+            lambda problem: reader.fail(
+                "redis", "startup_nodes", f"seed node {word!r}: {problem}"
+            ),
+        )
+        nodes.append((host, port))
+    if not nodes:
+        reader.fail("redis", "startup_nodes", "no seed nodes given")
+    return tuple(nodes)
+
+
+_URL_FORMS = (
+    "redis://[[user]:password@]host[:port][/db], rediss://...,"
+    " unix:///path?db=N, or embedded"
+)
+
+
+def _readUrl(reader):
+    """
+    The parts of a [redis] url as L{RedisConfig} keyword arguments, checking
+    that the keys the URL already says are not also given separately.
+    """
+    url = reader.text("redis", "url")
+    shown = repr(_redactUrl(url))
+
+    def fail(problem):
+        reader.fail("redis", "url", f"{problem}: {shown}")
+
+    for key in ("port", "database"):
+        if reader.given("redis", key):
+            reader.fail("redis", key, "conflicts with url (the URL gives it)")
+
+    if url.lower() == "embedded":
+        for key in ("username", "password"):
+            if reader.given("redis", key):
+                reader.fail("redis", key, "not used with url = embedded")
+        return dict(embedded=True)
+
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        fail("not a URL")
+    scheme = parts.scheme.lower()
+    if scheme not in ("redis", "rediss", "unix"):
+        fail(f"not a Redis URL (use {_URL_FORMS})")
+    if parts.fragment:
+        fail("unexpected #fragment")
+
+    settings = {}
+    userInfo, at, hostPort = parts.netloc.rpartition("@")
+    if at:
+        # As redis-py reads it: "user@" is a user name, ":secret@" a
+        # password for the default user.
+        user, _, password = userInfo.partition(":")
+        user = urllib.parse.unquote(user) or None
+        password = urllib.parse.unquote(password) or None
+        for key, value in (("username", user), ("password", password)):
+            if value is not None:
+                if reader.given("redis", key):
+                    reader.fail(
+                        "redis", key, "conflicts with url (the URL gives it)"
+                    )
+                settings[key] = value
+
+    query = _readUrlQuery(parts.query, fail)
+    if scheme == "unix":
+        if hostPort:
+            fail("a unix URL names no host; write unix:///path/to/socket")
+        path = urllib.parse.unquote(parts.path)
+        if not path or path == "/":
+            fail("no socket path")
+        settings.update(unixSocket=path, database=query.get("db", 0))
+        return settings
+
+    if not parts.hostname:
+        fail("no host")
+    try:
+        port = parts.port
+    except ValueError:
+        fail("not a port number (1 to 65535)")
+    if port is None:
+        port = DEFAULT_REDIS_PORT
+    elif not 1 <= port <= 65535:
+        fail("not a port number (1 to 65535)")
+    path = parts.path.strip("/")
+    database = 0
+    if path:
+        if not _DIGITS.match(path) or len(path) > 10:
+            fail("the path must be a database number (0 or more)")
+        database = int(path)
+        if "db" in query:
+            fail("gives the database twice")
+    database = query.get("db", database)
+    settings.update(
+        host=parts.hostname, port=port, database=database, tls=scheme == "rediss"
+    )
+    return settings
+
+
+def _readUrlQuery(query, fail):
+    """
+    The database a URL's C{?db=N} (or C{?database=N}) names, as
+    C{{"db": N}}; anything else in the query is a mistake.
+    """
+    result = {}
+    if not query:
+        return result
+    for name, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
+        if name not in ("db", "database"):
+            fail(f"unknown URL parameter {name!r}")
+        if "db" in result:
+            fail("gives the database twice")
+        if not _DIGITS.match(value) or len(value) > 10:
+            fail("the database must be a number (0 or more)")
+        result["db"] = int(value)
+    return result
+
+
+def _readStopSignal(reader):
+    text = reader.text("beatcop", "stop_signal")
+    if text is None:
+        return signal.SIGTERM
+    allowed = ", ".join(_STOP_SIGNALS) + " or a signal number"
+    if _DIGITS.match(text) and len(text) < 4:
+        try:
+            number = signal.Signals(int(text))
+        except ValueError:
+            reader.fail("beatcop", "stop_signal", f"no such signal: {text!r}")
+    else:
+        name = text.upper()
+        name = name[3:] if name.startswith("SIG") else name
+        number = getattr(signal, "SIG" + name, None) if name.isalnum() else None
+        if number is None or (
+            name not in _STOP_SIGNALS and number not in _PAUSING_SIGNALS
+        ):
+            reader.fail("beatcop", "stop_signal", f"not one of {allowed}: {text!r}")
+    if number in _PAUSING_SIGNALS:
+        reader.fail(
+            "beatcop",
+            "stop_signal",
+            f"{signal.Signals(number).name} pauses the command instead of"
+            f" stopping it; use one of {allowed}",
+        )
+    return signal.Signals(number)
+
+
+def _readOnExit(reader):
+    text = reader.text("beatcop", "on_exit")
+    if text is None:
+        return OnExit.EXIT
+    try:
+        return OnExit(text.lower())
+    except ValueError:
+        choices = ", ".join(choice.value for choice in OnExit)
+        reader.fail("beatcop", "on_exit", f"not one of {choices}: {text!r}")
+
+
+def _readEnvironment(reader):
+    variables = {}
+    for name, value in reader.sections[_ENVIRONMENT].items():
+        if not _ENVIRONMENT_NAME.match(name):
+            reader.fail(
+                _ENVIRONMENT,
+                name,
+                "not an environment variable name"
+                " (letters, digits and _, not starting with a digit)",
+            )
+        if name.upper().startswith(_RESERVED_PREFIX):
+            reader.fail(
+                _ENVIRONMENT,
+                name,
+                f"names starting with {_RESERVED_PREFIX} are reserved for BeatCop",
+            )
+        variables[name] = value.text
+    return Environment(variables)
+
+
+def _checkProgram(reader, command, shell, environment):
+    """
+    Fail now, rather than on every node that wins the lease, when the program
+    to run does not exist.  The child sees BeatCop's environment with
+    [environment] on top, so its PATH is searched.
+    """
+    if shell:
+        program = SHELL
+        found = shutil.which(SHELL)
+    else:
+        program = shlex.split(command)[0]
+        searchPath = environment.get("PATH", os.environ.get("PATH", os.defpath))
+        found = shutil.which(program, path=searchPath) if program else None
+    if found is None:
+        if os.sep in program:
+            problem = f"program not found or not executable: {program!r}"
+        else:
+            problem = f"program not found: {program!r}"
+        reader.fail("beatcop", "command", problem)
+
+
+__all__ = [
+    "OnExit",
+    "RedisConfig",
+    "Config",
+    "Environment",
+    "loadConfig",
+    "timingProblem",
+    "defaultReplyTimeout",
+    "defaultRefreshInterval",
+    "defaultKillGrace",
+    "defaultSafetyMargin",
+    "COMMAND_LINE",
+]
