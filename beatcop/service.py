@@ -11,9 +11,17 @@ L{_TRANSITIONS}).  The lease arithmetic, in reactor seconds:
   - the stop point is C{provenUntil - safetyMargin - killGrace}: there the
     stop signal goes to the command's group, and SIGKILL C{killGrace} later,
     so the command is dead C{safetyMargin} before the lease could expire;
+    a stop that comes late (the reactor was frozen) or early (the lock was
+    taken) never moves that SIGKILL past C{provenUntil - safetyMargin};
   - config validation guarantees C{refreshInterval + replyTimeout + killGrace
-    + safetyMargin <= ttl}, so one refresh can fail (or time out) and the
-    next one still lands before the stop point;
+    + safetyMargin <= ttl}, so a refresh sent one interval after the command
+    that last proved the lease, and answered within the reply timeout, lands
+    before the stop point: a Redis that is slow but within its deadline does
+    not cost the lease.  (Refreshes run every interval from the moment the
+    acquisition was answered, so the first one has the slack of the rule
+    minus that round trip.)  A refresh that fails is followed by the next
+    one at the next interval, which still lands if answered in the time
+    left;
   - the lease guard process (L{beatcop.guard}) holds its own kill-by deadline
     (C{provenUntil - safetyMargin / 2}) on the monotonic clock, so the bound
     holds even when this reactor is frozen.
@@ -38,6 +46,7 @@ from .errors import (
     EX_UNAVAILABLE,
     BeatCopError,
     RedisProtocolError,
+    RedisUnreachable,
 )
 from .lock import RedisLock, RefreshOutcome
 from .redisconn import RedisClient
@@ -49,6 +58,7 @@ class NodeState(enum.Enum):
     STOPPED = "stopped"  # not started yet
     CONNECTING = "connecting"  # start-up: reaching Redis, checking it
     STANDBY = "standby"  # waiting for the lease
+    LEAVING = "leaving"  # stopped while an acquisition was in flight
     STARTING = "starting"  # lease held, command being started
     RUNNING = "running"  # lease held, command running
     RESTARTING = "restarting"  # lease held, command ended, restart pending
@@ -60,7 +70,9 @@ class NodeState(enum.Enum):
 _TRANSITIONS = {
     NodeState.STOPPED: {NodeState.CONNECTING, NodeState.FINISHED},
     NodeState.CONNECTING: {NodeState.STANDBY, NodeState.FINISHED},
-    NodeState.STANDBY: {NodeState.STARTING, NodeState.FINISHED},
+    NodeState.STANDBY: {NodeState.STARTING, NodeState.LEAVING, NodeState.FINISHED},
+    # An acquisition's answer decides: give back a lease it won, or just go.
+    NodeState.LEAVING: {NodeState.RELEASING, NodeState.FINISHED},
     NodeState.STARTING: {NodeState.RUNNING, NodeState.STOPPING, NodeState.RELEASING, NodeState.FINISHED},
     NodeState.RUNNING: {NodeState.STOPPING, NodeState.RELEASING, NodeState.RESTARTING},
     NodeState.RESTARTING: {NodeState.STARTING, NodeState.RELEASING, NodeState.FINISHED},
@@ -127,6 +139,7 @@ class BeatCopService(service.Service):
         self.provenUntil = None
         self._deadlineCall = None
         self._attemptCall = None
+        self._acquiring = None
         self._restartCall = None
         self._restartDelay = config.restartDelay / 1000.0
         self._refreshLoop = None
@@ -163,11 +176,19 @@ class BeatCopService(service.Service):
         within the grace period and deletes its key so that a standby takes
         over at once.
 
+        A standby whose acquisition is in flight waits for its answer (which
+        the reply timeout bounds): that acquisition may win the lease, which
+        must then be given back before the node is done, or the other nodes
+        would wait a whole TTL for a lease that nobody uses.
+
         @return: a Deferred that fires (never fails) once the node is done.
         """
         super().stopService()
         state = self.state
-        if state in (NodeState.STOPPED, NodeState.CONNECTING, NodeState.STANDBY):
+        if state is NodeState.STANDBY and self._acquiring is not None:
+            self.log.info("Stopping: waiting for the answer to the acquisition in flight")
+            self._moveTo(NodeState.LEAVING)
+        elif state in (NodeState.STOPPED, NodeState.CONNECTING, NodeState.STANDBY):
             self._finish(EX_OK if self.exitCode is None else self.exitCode, "stopped")
         elif state in (NodeState.STARTING, NodeState.RUNNING):
             self.log.info("Stopping: the command will be stopped and the lock released")
@@ -262,7 +283,8 @@ class BeatCopService(service.Service):
                     f" BeatCop needs {'.'.join(map(str, MINIMUM_REDIS))} or newer"
                 )
         except BeatCopError as e:
-            self.log.error("Cannot use Redis: {error}", error=str(e))
+            what = "reach" if isinstance(e, RedisUnreachable) else "use"
+            self.log.error("Cannot {what} Redis: {error}", what=what, error=str(e))
             self._finish(e.exitCode, "Redis unusable at start-up")
             return
         lock = self._makeLock()
@@ -289,14 +311,28 @@ class BeatCopService(service.Service):
         if self.state is not NodeState.STANDBY:
             return
         sentAt = self._reactor.seconds()
-        d = self.lock.acquire()
+        d = self._acquiring = self.lock.acquire()
+
+        def settled(result):
+            self._acquiring = None
+            return result
+
+        d.addBoth(settled)
         d.addCallbacks(self._attempted, self._attemptFailed, callbackArgs=(sentAt,))
         self._track(d)
 
     def _attempted(self, attempt, sentAt):
+        if self.state is NodeState.LEAVING:
+            if attempt.acquired:
+                self.log.info("Giving back lock {lock}, won while stopping", lock=self.lock.lockName)
+                self._release()
+            else:
+                self._finish(EX_OK if self.exitCode is None else self.exitCode, "stopped")
+            return
         if self.state is not NodeState.STANDBY:
             if attempt.acquired:
-                # Stopped while the attempt was in flight: give it back.
+                # Finished (by a bug) while the attempt was in flight: try to
+                # give it back; it expires on its own otherwise.
                 self._track(self.lock.release().addErrback(lambda f: None))
             return
         self._redisRecovered()
@@ -325,6 +361,11 @@ class BeatCopService(service.Service):
 
     def _attemptFailed(self, failure):
         failure.trap(BeatCopError)
+        if self.state is NodeState.LEAVING:
+            # A timed-out acquisition may have been applied all the same;
+            # the release deletes the key only if it holds our id.
+            self._release()
+            return
         if self.state is not NodeState.STANDBY:
             return
         self._redisFailed(failure)
@@ -361,20 +402,25 @@ class BeatCopService(service.Service):
 
     def _refresh(self):
         """
-        One refresh, by the LoopingCall.  Never fails (a failure would stop
-        the loop): what goes wrong is logged and left to the deadline.
+        One refresh, by the LoopingCall.  The loop does not wait for the
+        reply: a LoopingCall whose call returns a late Deferred skips a beat,
+        and a slow (but in-time) reply must not delay the next refresh.
+        Refreshes are idempotent, so one in flight beside the next is
+        harmless.  What goes wrong is logged and left to the deadline.
         """
         if not self.holdsLease:
-            return None
+            return
         sentAt = self._reactor.seconds()
         d = self.lock.refresh()
         d.addCallbacks(self._refreshed, self._refreshFailed, callbackArgs=(sentAt,))
-        return self._track(d)
+        self._track(d)
 
     def _refreshed(self, outcome, sentAt):
         if not self.holdsLease:
             return None
         self._redisRecovered()
+        if self._enforceStopPoint():
+            return None
         if outcome is RefreshOutcome.REFRESHED:
             self._leaseProven(sentAt)
         elif outcome is RefreshOutcome.TAKEN:
@@ -392,7 +438,7 @@ class BeatCopService(service.Service):
         return None
 
     def _reclaimed(self, attempt, sentAt):
-        if not self.holdsLease:
+        if not self.holdsLease or self._enforceStopPoint():
             return
         if attempt.acquired:
             self._leaseProven(sentAt)
@@ -413,6 +459,22 @@ class BeatCopService(service.Service):
     def _stopPoint(self):
         config = self.config
         return self.provenUntil - (config.safetyMargin + config.killGrace) / 1000.0
+
+    def _enforceStopPoint(self):
+        """
+        Before a reply may move the deadlines: passing the stop point is
+        final whatever order the reactor runs things in, so a reply handled
+        after the stop point but before its timer had its turn (the process
+        was frozen) loses the lease here and now.
+
+        @return: whether the stop point has passed (and the lease is lost).
+        """
+        if self._reactor.seconds() < self._stopPoint():
+            return False
+        self._leaseLost(
+            "the lease could not be refreshed in time (Redis unreachable, too slow, or this process was paused)"
+        )
+        return True
 
     def _leaseProven(self, sentAt):
         """
@@ -445,6 +507,19 @@ class BeatCopService(service.Service):
                 "the lease could not be refreshed in time (Redis unreachable, too slow, or this process was paused)"
             )
 
+    def _killGraceLeft(self):
+        """
+        The grace the command gets when it is stopped now: C{killGrace},
+        but never past C{provenUntil - safetyMargin}.  At the stop point that
+        is the whole grace; a deadline timer that runs late (the reactor was
+        frozen) must not push the SIGKILL later with it.
+        """
+        grace = self.config.killGrace / 1000.0
+        if self.provenUntil is None:
+            return grace
+        killBy = self.provenUntil - self.config.safetyMargin / 1000.0
+        return max(0.0, min(grace, killBy - self._reactor.seconds()))
+
     def _leaseLost(self, why, exitCode=EX_UNAVAILABLE):
         """
         This node can no longer prove its lease: stop the command so that it
@@ -453,6 +528,7 @@ class BeatCopService(service.Service):
         """
         self.log.error("Lease on {lock} lost: {why}", lock=self.config.lockName, why=why)
         self.exitCode = exitCode
+        grace = self._killGraceLeft()
         self.provenUntil = None
         if self.state in (NodeState.STARTING, NodeState.RUNNING, NodeState.STOPPING):
             if self.state is not NodeState.STOPPING:
@@ -460,7 +536,7 @@ class BeatCopService(service.Service):
             self._stopRefreshing()
             self._cancelDeadline()
             if self.child is not None:
-                self.child.stop()
+                self.child.stop(grace)
             else:
                 self._finish(exitCode, "lease lost")
         elif self.state is NodeState.RELEASING or self.state is NodeState.RESTARTING:
@@ -533,6 +609,10 @@ class BeatCopService(service.Service):
             return
         if self.state not in (NodeState.STARTING, NodeState.RUNNING):
             return
+        if self._enforceStopPoint():
+            # The guard killed it at the lease deadline while this reactor
+            # was frozen: that is a lost lease, not the command's own exit.
+            return
         if failedToStart:
             self._release()
             return
@@ -550,7 +630,7 @@ class BeatCopService(service.Service):
     def _stopChild(self):
         self._moveTo(NodeState.STOPPING)
         if self.child is not None:
-            self.child.stop()
+            self.child.stop(self._killGraceLeft())
         else:
             self._release()
 

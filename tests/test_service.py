@@ -1,0 +1,1056 @@
+"""
+Tests for L{beatcop.service}: the node's state machine and its lease
+arithmetic, driven by a L{Clock} to the millisecond, with a fake lock, a fake
+Redis client and fake children (no Redis, no processes).
+
+The configuration used throughout (unless a test says otherwise)::
+
+    ttl 5000, refresh_interval 1000, reply_timeout 1000,
+    kill_grace 1000, safety_margin 200
+
+so a lease proven by a command sent at C{s} has its stop point at
+C{s + 3.8}, the command's SIGKILL is due at C{s + 4.8} (dead a whole margin
+before the lease could expire at C{s + 5}), and the lease guard's own kill-by
+is C{s + 4.9}.
+"""
+
+import dataclasses
+import signal
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from beatcop.child import ChildExit
+from beatcop.config import Config, OnExit, RedisConfig
+from beatcop.errors import (
+    EX_NOHOST,
+    EX_OK,
+    EX_OSERR,
+    EX_PROTOCOL,
+    EX_SOFTWARE,
+    EX_UNAVAILABLE,
+    ChildStartError,
+    RedisUnreachable,
+)
+from beatcop.lock import Attempt, RefreshOutcome
+from beatcop.redisconn import RedisTimeout
+from beatcop.service import BeatCopService, NodeState
+
+HOLDER = "node-a:100:0123456789abcdef"
+OTHER = "node-b:200:fedcba9876543210"
+LOCK_NAME = "beatcop:test"
+
+TTL = 5.0
+INTERVAL = 1.0
+GRACE = 1.0
+MARGIN = 0.2
+# Offsets from the send time of the command that proved the lease.
+STOP_AFTER = TTL - MARGIN - GRACE  # 3.8: stop signal
+DEAD_AFTER = TTL - MARGIN  # 4.8: SIGKILL
+GUARD_AFTER = TTL - MARGIN / 2  # 4.9: the guard's kill-by
+
+PLACES = 9  # "exact": float arithmetic on seconds, far below a millisecond
+SLACK = 1e-9
+
+
+def makeConfig(**changes):
+    config = Config(
+        redis=RedisConfig(host="redis.example", replyTimeout=1000),
+        lockName=LOCK_NAME,
+        command="worker --queue 'a b'",
+        ttl=5000,
+        refreshInterval=1000,
+        killGrace=1000,
+        safetyMargin=200,
+        restartDelay=1000,
+        restartMaxDelay=8000,
+        environment={"FROM_CONFIG": "yes"},
+    )
+    return dataclasses.replace(config, **changes)
+
+
+class FakeClient:
+    """
+    The Redis client as the service uses it: C{INFO server} at start-up,
+    C{close()} at the end.
+    """
+
+    address = "redis://redis.example:6379/0"
+
+    def __init__(self, info="# Server\r\nredis_version:7.0.0\r\nredis_mode:standalone\r\n"):
+        self.info = info
+        self.commands = []
+        self.closed = 0
+
+    def execute(self, *args):
+        self.commands.append(args)
+        if isinstance(self.info, BaseException):
+            return defer.fail(self.info)
+        return defer.succeed(self.info)
+
+    def close(self):
+        self.closed += 1
+        return defer.succeed(None)
+
+
+class FakeLock:
+    """
+    A lock whose every call returns a Deferred that the test fires by hand.
+
+    @ivar calls: C{[(method, sentAt, Deferred)]} in the order they were made.
+    """
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.lockName = LOCK_NAME
+        self.holderId = HOLDER
+        self.token = None
+        self.highestToken = 0
+        self.calls = []
+        self.autoRefresh = None
+
+    def _call(self, method):
+        d = defer.Deferred()
+        self.calls.append((method, self.clock.seconds(), d))
+        return d
+
+    def acquire(self):
+        return self._call("acquire")
+
+    def reclaim(self):
+        return self._call("reclaim")
+
+    def refresh(self):
+        d = self._call("refresh")
+        if self.autoRefresh is not None:
+            d.callback(self.autoRefresh)
+        return d
+
+    def release(self):
+        return self._call("release")
+
+    def sent(self, method):
+        """
+        The send times of every call of C{method}.
+        """
+        return [sentAt for name, sentAt, _ in self.calls if name == method]
+
+    def pending(self, method):
+        return [d for name, _, d in self.calls if name == method and not d.called]
+
+    def answer(self, method, result):
+        """
+        Fire the oldest unanswered call of C{method} with C{result} (an
+        exception errbacks), updating C{token} as L{RedisLock} does.
+        """
+        pending = self.pending(method)
+        if not pending:
+            raise AssertionError(f"no {method} call is waiting for an answer; calls: {self.calls!r}")
+        if isinstance(result, Attempt):
+            self.highestToken = max(self.highestToken, result.token)
+            if result.acquired:
+                self.token = result.token
+        if isinstance(result, BaseException):
+            pending[0].errback(Failure(result))
+        else:
+            pending[0].callback(result)
+
+
+class FakeChild:
+    """
+    A L{beatcop.child.ChildProcess} look-alike that records what the service
+    asks of it, with the reactor time of each request.
+    """
+
+    def __init__(self, clock, argv, environment, stopSignal, killGrace, killBy, monotonic, shell):
+        self.clock = clock
+        self.argv = argv
+        self.environment = environment
+        self.stopSignal = stopSignal
+        self.killGrace = killGrace
+        self.killBy = killBy
+        self.monotonic = monotonic
+        self.shell = shell
+        self.createdAt = clock.seconds()
+        self.commandPid = None
+        self.started = defer.Deferred()
+        self.ended = defer.Deferred()
+        self.deadlines = []  # [(reactor time, killBy)]
+        self.stops = []  # [(reactor time, grace)]
+        self.signals = []  # [(reactor time, signal)]
+
+    def start(self):
+        return self.started
+
+    def extendDeadline(self, killBy):
+        self.killBy = killBy
+        self.deadlines.append((self.clock.seconds(), killBy))
+
+    def signalGroup(self, sig):
+        self.signals.append((self.clock.seconds(), sig))
+
+    def stop(self, grace=None):
+        self.stops.append((self.clock.seconds(), self.killGrace if grace is None else grace))
+        return self.ended
+
+    @property
+    def killDue(self):
+        """
+        When the earliest requested SIGKILL is due (what
+        L{ChildProcess.stop} would do with these requests).
+        """
+        return min(at + grace for at, grace in self.stops)
+
+    # -- what the test makes the "process" do --
+
+    def reportStarted(self, pid=4242):
+        self.commandPid = pid
+        self.started.callback(pid)
+
+    def exit(self, code=None, signal=None):
+        self.ended.callback(ChildExit(code=code, signal=signal))
+
+    def failToStart(self, why="exec failed: worker: No such file or directory"):
+        self.started.errback(ChildStartError(why))
+        self.ended.callback(ChildExit(code=127))
+
+
+class ZeroJitter:
+    def uniform(self, low, high):
+        return low
+
+
+class ServiceTestCase(SynchronousTestCase):
+    """
+    Builds a node on a L{Clock} with fakes all round, and says what it did.
+    """
+
+    def makeNode(self, client=None, startAt=100.0, **changes):
+        self.clock = Clock()
+        self.clock.advance(startAt)
+        self.client = client or FakeClient()
+        self.lock = FakeLock(self.clock)
+        self.children = []
+        self.config = makeConfig(**changes)
+
+        def childFactory(reactor, argv, environment, stopSignal, killGrace, killBy, monotonic, shell):
+            self.assertIs(reactor, self.clock)
+            child = FakeChild(self.clock, argv, environment, stopSignal, killGrace, killBy, monotonic, shell)
+            self.children.append(child)
+            return child
+
+        self.node = BeatCopService(
+            self.config,
+            reactor=self.clock,
+            client=self.client,
+            lock=self.lock,
+            monotonic=self.clock.seconds,
+            randomSource=ZeroJitter(),
+            childFactory=childFactory,
+        )
+        self.exitCodes = []
+        self.node.whenFinished().addCallback(self.exitCodes.append)
+        return self.node
+
+    def startNode(self, **changes):
+        node = self.makeNode(**changes)
+        node.startService()
+        return node
+
+    def acquireAt(self, when, replyAfter=0.0, token=7, **changes):
+        """
+        Start a node, have its first attempt sent at C{when} and answered
+        "acquired" C{replyAfter} later.
+
+        @return: the child.
+        """
+        self.startNode(startAt=when, **changes)
+        self.assertEqual(self.lock.sent("acquire"), [when])
+        self.advance(replyAfter)
+        self.lock.answer("acquire", Attempt(True, token, 5000, HOLDER))
+        self.assertEqual(self.node.state, NodeState.STARTING)
+        self.assertEqual(len(self.children), 1)
+        return self.children[0]
+
+    def runningAt(self, when, **changes):
+        child = self.acquireAt(when, **changes)
+        child.reportStarted()
+        self.assertEqual(self.node.state, NodeState.RUNNING)
+        return child
+
+    def advanceTo(self, when):
+        """
+        Move the clock to C{when}, running every delayed call at its own
+        time (L{Clock.advance} alone would run them all at the end of the
+        jump, and record that as their send time).  Calls due within
+        L{SLACK} of C{when} run too: the service computes times by float
+        additions that may round either way.
+        """
+        self.assertGreaterEqual(when, self.clock.seconds() - SLACK)
+        while True:
+            due = [call.getTime() for call in self.clock.getDelayedCalls() if call.getTime() <= when + SLACK]
+            if not due:
+                break
+            self.clock.rightNow = max(self.clock.rightNow, min(due))
+            self.clock.advance(0)
+        self.clock.rightNow = max(self.clock.rightNow, when)
+        self.clock.advance(0)
+
+    def advance(self, seconds):
+        self.advanceTo(self.clock.seconds() + seconds)
+
+    def assertTimes(self, actual, expected):
+        self.assertEqual(len(actual), len(expected), f"{actual!r} != {expected!r}")
+        for got, want in zip(actual, expected):
+            self.assertAlmostEqual(got, want, places=PLACES, msg=f"{actual!r} != {expected!r}")
+
+    def assertStoppedAt(self, child, when, killDue):
+        self.assertTrue(child.stops, "the child was never stopped")
+        self.assertAlmostEqual(child.stops[0][0], when, places=PLACES)
+        self.assertAlmostEqual(child.killDue, killDue, places=PLACES)
+
+    def assertNotReleased(self):
+        self.assertEqual(self.lock.sent("release"), [])
+
+    def assertFinished(self, code):
+        self.assertEqual(self.node.state, NodeState.FINISHED)
+        self.assertEqual(self.node.exitCode, code)
+        self.assertEqual(self.exitCodes, [code])
+        self.assertEqual(self.client.closed, 1)
+
+    def assertNotFinished(self):
+        self.assertNotEqual(self.node.state, NodeState.FINISHED)
+        self.assertEqual(self.exitCodes, [])
+
+
+class StartUpTests(ServiceTestCase):
+    def test_redisUnreachableAtStartUpExits68(self):
+        self.startNode(client=FakeClient(info=RedisUnreachable("redis.example:6379: Connection refused")))
+        self.assertFinished(EX_NOHOST)
+        self.assertEqual(self.lock.calls, [])
+        self.assertEqual(self.children, [])
+
+    def test_redisTooOldExits76(self):
+        self.startNode(client=FakeClient(info="redis_version:2.6.0\r\n"))
+        self.assertFinished(EX_PROTOCOL)
+        self.assertEqual(self.lock.calls, [])
+
+    def test_oldestSupportedRedisIsAccepted(self):
+        self.startNode(client=FakeClient(info=b"redis_version:2.6.12\r\n"))
+        self.assertEqual(self.node.state, NodeState.STANDBY)
+
+    def test_noVersionInInfoExits76(self):
+        self.startNode(client=FakeClient(info="# Server\r\nuptime_in_seconds:3\r\n"))
+        self.assertFinished(EX_PROTOCOL)
+
+    def test_startUpAsksInfoServerThenTriesAtOnce(self):
+        self.startNode(startAt=12.5)
+        self.assertEqual(self.client.commands, [("INFO", "server")])
+        self.assertEqual(self.node.state, NodeState.STANDBY)
+        self.assertTimes(self.lock.sent("acquire"), [12.5])
+
+    def test_whenFinishedAfterTheEndFiresAtOnce(self):
+        self.startNode(client=FakeClient(info=RedisUnreachable("down")))
+        codes = []
+        self.node.whenFinished().addCallback(codes.append)
+        self.assertEqual(codes, [EX_NOHOST])
+
+
+class StandbyTests(ServiceTestCase):
+    def test_nextAttemptWhenHoldersLeaseCanExpire(self):
+        """
+        A failed attempt that says the holder's key has 700 ms left is
+        followed by one at 0.701 s (plus the jitter, here 0), sooner than the
+        1 s refresh interval.
+        """
+        self.startNode(startAt=10.0)
+        self.lock.answer("acquire", Attempt(False, 6, 700, OTHER))
+        self.advanceTo(10.700)
+        self.assertEqual(len(self.lock.sent("acquire")), 1)
+        self.advanceTo(10.701)
+        self.assertTimes(self.lock.sent("acquire"), [10.0, 10.701])
+
+    def test_nextAttemptJitterIsAdded(self):
+        self.makeNode(startAt=10.0)
+
+        class Jitter:
+            calls = []
+
+            def uniform(self, low, high):
+                self.calls.append((low, high))
+                return high
+
+        self.node._random = Jitter()
+        self.node.startService()
+        self.lock.answer("acquire", Attempt(False, 6, 700, OTHER))
+        self.assertEqual(Jitter.calls, [(0, 0.010)])
+        self.advanceTo(10.710)
+        self.assertEqual(len(self.lock.sent("acquire")), 1)
+        self.advanceTo(10.711)
+        self.assertTimes(self.lock.sent("acquire"), [10.0, 10.711])
+
+    def test_nextAttemptAtRefreshIntervalWhenHoldersKeyHasNoExpiry(self):
+        self.startNode(startAt=10.0)
+        self.lock.answer("acquire", Attempt(False, 6, -1, OTHER))
+        self.advanceTo(10.999)
+        self.assertEqual(len(self.lock.sent("acquire")), 1)
+        self.advanceTo(11.0)
+        self.assertTimes(self.lock.sent("acquire"), [10.0, 11.0])
+
+    def test_nextAttemptNeverLaterThanRefreshInterval(self):
+        self.startNode(startAt=10.0)
+        self.lock.answer("acquire", Attempt(False, 6, 4000, OTHER))
+        self.advanceTo(10.999)
+        self.assertEqual(len(self.lock.sent("acquire")), 1)
+        self.advanceTo(11.0)
+        self.assertTimes(self.lock.sent("acquire"), [10.0, 11.0])
+
+    def test_redisErrorsWhileStandbyAreRetriedForever(self):
+        self.startNode(startAt=10.0)
+        errors = [
+            RedisUnreachable("redis.example:6379: Connection refused"),
+            RedisTimeout("redis.example:6379: no reply to EVALSHA within 1 s"),
+        ]
+        for attempt in range(20):
+            self.lock.answer("acquire", errors[attempt % 2])
+            self.advance(1.0)
+        self.assertTimes(self.lock.sent("acquire"), [10.0 + i for i in range(21)])
+        self.assertEqual(self.node.state, NodeState.STANDBY)
+        self.assertEqual(self.children, [])
+        self.assertNotFinished()
+        # and once Redis answers, the node takes the lease as usual
+        self.lock.answer("acquire", Attempt(True, 8, 5000, HOLDER))
+        self.assertEqual(len(self.children), 1)
+
+    def test_forwardSignalIgnoredByStandby(self):
+        self.startNode()
+        self.node.forwardSignal(signal.SIGHUP)
+        self.assertEqual(self.children, [])
+        self.assertEqual(self.node.state, NodeState.STANDBY)
+
+
+class AcquisitionTests(ServiceTestCase):
+    def test_childStartedWithFencingTokenAndGuardDeadline(self):
+        child = self.acquireAt(10.0, replyAfter=0.25, token=41)
+        self.assertEqual(child.argv, ["worker", "--queue", "a b"])
+        self.assertEqual(child.environment["BEATCOP_FENCING_TOKEN"], "41")
+        self.assertEqual(child.environment["BEATCOP_LOCK_NAME"], LOCK_NAME)
+        self.assertEqual(child.environment["BEATCOP_HOLDER_ID"], HOLDER)
+        self.assertEqual(child.environment["FROM_CONFIG"], "yes")
+        self.assertEqual(child.stopSignal, signal.SIGTERM)
+        self.assertEqual(child.killGrace, GRACE)
+        self.assertFalse(child.shell)
+        # measured from the attempt's send time (10.0), not its reply (10.25)
+        self.assertAlmostEqual(child.killBy, 10.0 + TTL - MARGIN / 2, places=PLACES)
+        self.assertAlmostEqual(child.killBy, 14.9, places=PLACES)
+        self.assertAlmostEqual(self.node.provenUntil, 15.0, places=PLACES)
+        self.assertTrue(self.node.holdsLease)
+
+    def test_guardDeadlineIsOnTheMonotonicClock(self):
+        """
+        The guard's kill-by is on the monotonic clock, which need not agree
+        with the reactor's.
+        """
+        self.makeNode(startAt=10.0)
+        self.node._monotonic = lambda: self.clock.seconds() + 5000.0
+        self.node.startService()
+        self.lock.answer("acquire", Attempt(True, 7, 5000, HOLDER))
+        self.assertAlmostEqual(self.children[0].killBy, 5014.9, places=PLACES)
+
+    def test_childRunningAfterItReportsStarted(self):
+        child = self.acquireAt(10.0)
+        self.assertEqual(self.node.state, NodeState.STARTING)
+        child.reportStarted(4321)
+        self.assertEqual(self.node.state, NodeState.RUNNING)
+        self.assertEqual(child.stops, [])
+
+    def test_forwardSignalReachesRunningChildsGroup(self):
+        child = self.runningAt(10.0)
+        self.advance(0.5)
+        self.node.forwardSignal(signal.SIGHUP)
+        self.assertEqual(child.signals, [(10.5, signal.SIGHUP)])
+
+    def test_commandFailingToStartReleasesAndExits71(self):
+        child = self.acquireAt(10.0)
+        child.failToStart()
+        self.assertEqual(self.node.state, NodeState.RELEASING)
+        self.assertTimes(self.lock.sent("release"), [10.0])
+        self.assertNotFinished()
+        self.lock.answer("release", True)
+        self.assertFinished(EX_OSERR)
+
+    def test_commandFailingToStartExits71EvenIfTheReleaseFails(self):
+        child = self.acquireAt(10.0)
+        child.failToStart()
+        self.lock.answer("release", RedisUnreachable("redis.example:6379: Connection refused"))
+        self.assertFinished(EX_OSERR)
+
+
+class RefreshTests(ServiceTestCase):
+    def test_refreshesEveryInterval(self):
+        self.runningAt(10.0)
+        for _ in range(3):
+            self.advance(INTERVAL)
+            self.lock.answer("refresh", RefreshOutcome.REFRESHED)
+        self.assertTimes(self.lock.sent("refresh"), [11.0, 12.0, 13.0])
+
+    def test_stopPointMovesFromRefreshSendTime(self):
+        """
+        A refresh sent at 11.0 and answered at 11.9 proves the lease until
+        16.0: the stop point moves to 11.0 + 3.8 = 14.8, the guard's kill-by
+        to 15.9.
+        """
+        child = self.runningAt(10.0)
+        self.advanceTo(11.0)
+        self.advanceTo(11.9)
+        self.lock.answer("refresh", RefreshOutcome.REFRESHED)
+        self.assertAlmostEqual(self.node.provenUntil, 16.0, places=PLACES)
+        self.assertEqual(len(child.deadlines), 1)
+        self.assertAlmostEqual(child.deadlines[0][0], 11.9, places=PLACES)
+        self.assertAlmostEqual(child.deadlines[0][1], 11.0 + GUARD_AFTER, places=PLACES)
+        # Refreshes from now on never answer: the stop comes at 11.0 + 3.8.
+        self.advanceTo(14.8 - 0.001)
+        self.assertEqual(child.stops, [])
+        self.advanceTo(14.8)
+        self.assertStoppedAt(child, 14.8, killDue=11.0 + DEAD_AFTER)
+
+    def test_childKilledBeforeLeaseExpiresWhenRedisFails(self):
+        """
+        After the last refresh that Redis confirmed (sent at 11.0), every
+        refresh fails or times out: the stop signal goes at exactly
+        11.0 + ttl - margin - grace, the SIGKILL is due at 11.0 + ttl -
+        margin, the node exits 69 and does not release.
+        """
+        child = self.runningAt(10.0)
+        self.advanceTo(11.0)
+        self.advanceTo(11.3)
+        self.lock.answer("refresh", RefreshOutcome.REFRESHED)
+        self.advanceTo(12.0)
+        self.advanceTo(12.05)
+        self.lock.answer("refresh", RedisUnreachable("redis.example:6379: Connection refused"))
+        self.advanceTo(13.0)  # this one is answered by the reply deadline only
+        self.advanceTo(14.0)
+        self.lock.answer("refresh", RedisTimeout("redis.example:6379: no reply to EVALSHA within 1 s"))
+        # The loop does not wait for replies: 14.0's refresh went out too.
+        self.assertTimes(self.lock.sent("refresh"), [11.0, 12.0, 13.0, 14.0])
+        self.advanceTo(14.8 - 0.001)
+        self.assertEqual(child.stops, [])
+        self.assertTrue(self.node.holdsLease)
+        self.advanceTo(14.8)
+        self.assertStoppedAt(child, 11.0 + STOP_AFTER, killDue=11.0 + DEAD_AFTER)
+        self.assertEqual(self.node.state, NodeState.STOPPING)
+        self.assertFalse(self.node.holdsLease)
+        # No more refreshes once the stop point has passed.
+        self.advanceTo(15.5)
+        self.assertTimes(self.lock.sent("refresh"), [11.0, 12.0, 13.0, 14.0])
+        self.advanceTo(15.8)
+        child.exit(signal=signal.SIGKILL)
+        self.assertFinished(EX_UNAVAILABLE)
+        self.assertNotReleased()
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_childKilledBeforeLeaseExpiresWhenRedisStallsAfterAcquisition(self):
+        """
+        No refresh is ever answered: the stop point is measured from the
+        acquisition's send time.
+        """
+        child = self.runningAt(10.0)
+        self.advanceTo(13.8 - 0.001)
+        self.assertEqual(child.stops, [])
+        self.advanceTo(13.8)
+        self.assertStoppedAt(child, 13.8, killDue=14.8)
+        # One refresh per interval, none waiting for the previous reply.
+        self.assertEqual(self.lock.sent("refresh"), [11.0, 12.0, 13.0])
+        self.advance(0.5)
+        child.exit(code=0)
+        self.assertFinished(EX_UNAVAILABLE)
+        self.assertNotReleased()
+
+    def test_lateStopKillsByTheSameDeadline(self):
+        """
+        If the stop is late (here: the deadline timer runs 0.3 s after the
+        stop point, as after a reactor freeze), the SIGKILL is still due a
+        whole margin before the lease could expire, not kill_grace later.
+        """
+        child = self.runningAt(10.0)
+        self.clock.rightNow = 14.1  # time passed, no timer has run yet
+        self.clock.advance(0)
+        self.assertStoppedAt(child, 14.1, killDue=14.8)
+
+    def test_oneFailedRefreshIsABlip(self):
+        child = self.runningAt(10.0)
+        self.advanceTo(11.0)
+        self.lock.answer("refresh", RedisUnreachable("redis.example:6379: Connection refused"))
+        self.advanceTo(12.0)
+        self.advanceTo(12.4)
+        self.lock.answer("refresh", RefreshOutcome.REFRESHED)
+        self.assertAlmostEqual(self.node.provenUntil, 17.0, places=PLACES)
+        self.advanceTo(13.8)  # the old stop point passes harmlessly
+        self.assertEqual(child.stops, [])
+        self.assertEqual(self.node.state, NodeState.RUNNING)
+        self.assertIs(self.node.child, child)
+        self.assertEqual(len(self.children), 1)
+        self.assertNotFinished()
+
+    def test_refreshReplyAfterStopPointCannotReviveTheLease(self):
+        child = self.runningAt(10.0)
+        self.advanceTo(11.0)  # sent, never answered in time
+        self.advanceTo(13.8)
+        self.assertStoppedAt(child, 13.8, killDue=14.8)
+        self.advanceTo(13.9)
+        self.lock.answer("refresh", RefreshOutcome.REFRESHED)
+        self.assertIsNone(self.node.provenUntil)
+        self.assertFalse(self.node.holdsLease)
+        self.assertEqual(self.node.state, NodeState.STOPPING)
+        self.assertEqual(child.deadlines, [])
+        self.advanceTo(20.0)
+        self.assertEqual(self.lock.sent("refresh"), [11.0, 12.0, 13.0])
+        child.exit(signal=signal.SIGTERM)
+        self.assertFinished(EX_UNAVAILABLE)
+        self.assertNotReleased()
+
+    def test_childKilledByTheGuardWhileFrozenIsALostLease(self):
+        """
+        The reactor was frozen past the lease's stop point and the guard
+        killed the command at its kill-by deadline; when the reactor wakes
+        up to the command's end before its deadline timer has run, that end
+        is a lost lease (exit 69, no release), not the command's own exit.
+        """
+        child = self.runningAt(10.0)
+        self.clock.rightNow = 13.95  # no timer has run since 10.0
+        child.exit(signal=signal.SIGKILL)
+        self.assertFinished(EX_UNAVAILABLE)
+        self.assertNotReleased()
+
+    def test_refreshReplyProcessedAfterStopPointBeforeTheTimerRan(self):
+        """
+        A reply that the reactor hands over after the stop point, before the
+        deadline timer had a chance to run (a frozen process), is no proof
+        either: the lease is lost.
+        """
+        child = self.runningAt(10.0)
+        self.advanceTo(11.0)
+        self.clock.rightNow = 13.9  # no timer has run since 11.0
+        self.lock.answer("refresh", RefreshOutcome.REFRESHED)
+        self.assertFalse(self.node.holdsLease)
+        self.assertStoppedAt(child, 13.9, killDue=14.8)
+        self.assertEqual(child.deadlines, [])
+        self.clock.advance(0)
+        self.assertEqual(len(child.stops), 1)
+
+    def test_reclaimReplyAfterStopPointCannotReviveTheLease(self):
+        child = self.runningAt(10.0)
+        self.advanceTo(11.0)
+        self.lock.answer("refresh", RefreshOutcome.GONE)
+        self.advanceTo(13.8)
+        self.assertStoppedAt(child, 13.8, killDue=14.8)
+        self.advanceTo(14.0)
+        self.lock.answer("reclaim", Attempt(True, 7, 5000, HOLDER))
+        self.assertFalse(self.node.holdsLease)
+        self.assertEqual(child.deadlines, [])
+        child.exit(code=0)
+        self.assertFinished(EX_UNAVAILABLE)
+        self.assertNotReleased()
+
+    def test_firstRefreshOneIntervalAfterTheAcquisitionReply(self):
+        """
+        Refreshes run every interval from the moment the acquisition was
+        answered (here 0.3 s after it was sent); the lease is still measured
+        from the send.
+        """
+        self.acquireAt(10.0, replyAfter=0.3)
+        self.advanceTo(11.3 - 0.001)
+        self.assertEqual(self.lock.sent("refresh"), [])
+        self.advanceTo(11.3)
+        self.assertTimes(self.lock.sent("refresh"), [11.3])
+        self.advanceTo(11.5)
+        self.lock.answer("refresh", RefreshOutcome.REFRESHED)
+        self.advanceTo(12.3)
+        self.assertTimes(self.lock.sent("refresh"), [11.3, 12.3])
+        self.assertAlmostEqual(self.node.provenUntil, 16.3, places=PLACES)
+
+    def test_olderReplyDoesNotShortenTheLease(self):
+        """
+        Replies proving an earlier send time than one already proven move
+        nothing.
+        """
+        child = self.runningAt(10.0)
+        self.advanceTo(11.0)
+        self.lock.answer("refresh", RefreshOutcome.REFRESHED)
+        self.assertAlmostEqual(self.node.provenUntil, 16.0, places=PLACES)
+        self.node._leaseProven(10.5)
+        self.assertAlmostEqual(self.node.provenUntil, 16.0, places=PLACES)
+        self.assertEqual(len(child.deadlines), 1)
+
+    def test_refreshTakenStopsChildAtOnce(self):
+        child = self.runningAt(10.0)
+        self.advanceTo(11.0)
+        self.advanceTo(11.2)
+        self.lock.answer("refresh", RefreshOutcome.TAKEN)
+        self.assertStoppedAt(child, 11.2, killDue=12.2)
+        self.assertEqual(self.node.state, NodeState.STOPPING)
+        self.advanceTo(12.0)
+        self.assertEqual(self.lock.sent("refresh"), [11.0])
+        child.exit(code=0)
+        self.assertFinished(EX_UNAVAILABLE)
+        self.assertNotReleased()
+
+    def test_refreshGoneReclaimsKeepingTheToken(self):
+        child = self.runningAt(10.0, token=41)
+        self.advanceTo(11.0)
+        self.advanceTo(11.1)
+        self.lock.answer("refresh", RefreshOutcome.GONE)
+        self.assertTimes(self.lock.sent("reclaim"), [11.1])
+        self.advanceTo(11.2)
+        self.lock.answer("reclaim", Attempt(True, 41, 5000, HOLDER))
+        # proven from the reclaim's send time
+        self.assertAlmostEqual(self.node.provenUntil, 16.1, places=PLACES)
+        self.assertAlmostEqual(child.deadlines[-1][1], 11.1 + GUARD_AFTER, places=PLACES)
+        self.assertEqual(self.lock.token, 41)
+        self.assertEqual(self.node.state, NodeState.RUNNING)
+        self.assertIs(self.node.child, child)
+        self.assertEqual(len(self.children), 1)
+        self.assertEqual(child.stops, [])
+        # and refreshing goes on as before
+        self.advanceTo(12.0)
+        self.lock.answer("refresh", RefreshOutcome.REFRESHED)
+        self.assertAlmostEqual(self.node.provenUntil, 17.0, places=PLACES)
+
+    def test_refreshGoneAndTakenMeanwhileStopsChild(self):
+        child = self.runningAt(10.0, token=41)
+        self.advanceTo(11.0)
+        self.lock.answer("refresh", RefreshOutcome.GONE)
+        self.advanceTo(11.05)
+        self.lock.answer("reclaim", Attempt(False, 42, 4990, OTHER))
+        self.assertStoppedAt(child, 11.05, killDue=12.05)
+        child.exit(code=0)
+        self.assertFinished(EX_UNAVAILABLE)
+        self.assertNotReleased()
+
+    def test_reclaimFailingLeavesItToTheDeadline(self):
+        child = self.runningAt(10.0)
+        self.advanceTo(11.0)
+        self.lock.answer("refresh", RefreshOutcome.GONE)
+        self.lock.answer("reclaim", RedisUnreachable("redis.example:6379: Connection refused"))
+        self.assertEqual(child.stops, [])
+        self.advanceTo(12.0)
+        self.lock.answer("refresh", RefreshOutcome.REFRESHED)
+        self.assertAlmostEqual(self.node.provenUntil, 17.0, places=PLACES)
+        self.assertEqual(child.stops, [])
+
+    def test_unexpectedErrorInRefreshIsABugThatStopsTheChild(self):
+        child = self.runningAt(10.0)
+        self.advanceTo(11.0)
+        self.lock.answer("refresh", ZeroDivisionError("boom"))
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertEqual(len(child.stops), 1)
+        child.exit(code=0)
+        self.assertFinished(EX_SOFTWARE)
+        self.assertNotReleased()
+
+
+class ChildExitTests(ServiceTestCase):
+    def test_childExitCodeIsPassedOnAfterRelease(self):
+        child = self.runningAt(10.0)
+        self.advanceTo(12.5)
+        child.exit(code=3)
+        self.assertEqual(self.node.state, NodeState.RELEASING)
+        self.assertTimes(self.lock.sent("release"), [12.5])
+        self.assertNotFinished()
+        self.lock.answer("release", True)
+        self.assertFinished(3)
+
+    def test_childKilledBySignalExits128PlusSignal(self):
+        child = self.runningAt(10.0)
+        child.exit(signal=signal.SIGKILL)
+        self.lock.answer("release", True)
+        self.assertFinished(137)
+
+    def test_noRefreshAfterTheChildExits(self):
+        child = self.runningAt(10.0)
+        self.advanceTo(10.5)
+        child.exit(code=0)
+        self.advanceTo(20.0)
+        self.assertEqual(self.lock.sent("refresh"), [])
+        self.lock.answer("release", False)
+        self.assertFinished(EX_OK)
+
+    def test_restartAfterDelayWithDoublingBackOff(self):
+        """
+        on_exit=restart: the command is started again after restart_delay,
+        then twice that, and so on; the lease is kept and refreshed all the
+        while.
+        """
+        child = self.runningAt(10.0, onExit=OnExit.RESTART)
+        self.lock.autoRefresh = RefreshOutcome.REFRESHED
+        self.advanceTo(10.5)
+        child.exit(code=1)
+        self.assertEqual(self.node.state, NodeState.RESTARTING)
+        self.assertTrue(self.node.holdsLease)
+        starts = []
+        for delay in (1.0, 2.0, 4.0, 8.0, 8.0):
+            exitedAt = self.clock.seconds()
+            self.advanceTo(exitedAt + delay - 0.001)
+            count = len(self.children)
+            self.advanceTo(exitedAt + delay)
+            self.assertEqual(len(self.children), count + 1)
+            child = self.children[-1]
+            starts.append(child.createdAt - exitedAt)
+            child.reportStarted()
+            self.assertEqual(self.node.state, NodeState.RUNNING)
+            self.advanceTo(self.clock.seconds() + 0.1)
+            child.exit(code=1)
+        self.assertTimes(starts, [1.0, 2.0, 4.0, 8.0, 8.0])
+        self.assertNotReleased()
+        self.assertNotFinished()
+        refreshes = self.lock.sent("refresh")
+        self.assertTimes(refreshes, [11.0 + i for i in range(len(refreshes))])
+        self.assertGreater(len(refreshes), 20)
+        self.assertTrue(self.node.holdsLease)
+        # same token and lock throughout
+        self.assertEqual(
+            {c.environment["BEATCOP_FENCING_TOKEN"] for c in self.children}, {"7"}
+        )
+
+    def test_restartDelayResetsAfterALongRun(self):
+        child = self.runningAt(10.0, onExit=OnExit.RESTART, restartMaxDelay=3000)
+        child.exit(code=1)
+        self.advanceTo(11.0)
+        self.lock.answer("refresh", RefreshOutcome.REFRESHED)
+        child = self.children[-1]
+        child.reportStarted()
+        self.advanceTo(11.5)
+        child.exit(code=1)  # ran 0.5 s: the delay doubles
+        self.advanceTo(12.0)
+        self.lock.answer("refresh", RefreshOutcome.REFRESHED)
+        self.advanceTo(13.5)
+        self.assertEqual(len(self.children), 3)
+        child = self.children[-1]
+        child.reportStarted()
+        for when in (14.0, 15.0, 16.0, 17.0):
+            self.advanceTo(when)
+            self.lock.answer("refresh", RefreshOutcome.REFRESHED)
+        child.exit(code=1)  # ran 3.5 s >= restart_max_delay: back to 1 s
+        self.advanceTo(18.0)
+        self.assertEqual(len(self.children), 4)
+
+    def test_restartingNodeLosingTheLeaseFinishes69(self):
+        child = self.runningAt(10.0, onExit=OnExit.RESTART, restartDelay=5000)
+        child.exit(code=1)
+        self.advanceTo(11.0)
+        self.lock.answer("refresh", RefreshOutcome.TAKEN)
+        self.assertFinished(EX_UNAVAILABLE)
+        self.advanceTo(20.0)
+        self.assertEqual(len(self.children), 1)
+        self.assertNotReleased()
+
+    def test_restartingNodeStopsAtTheDeadline(self):
+        child = self.runningAt(10.0, onExit=OnExit.RESTART, restartDelay=5000)
+        child.exit(code=1)
+        self.advanceTo(13.8 - 0.001)
+        self.assertNotFinished()
+        self.advanceTo(13.8)
+        self.assertFinished(EX_UNAVAILABLE)
+        self.advanceTo(20.0)
+        self.assertEqual(len(self.children), 1)
+
+    def test_handoverReleasesAndWaitsATtlBeforeTryingAgain(self):
+        child = self.runningAt(10.0, onExit=OnExit.HANDOVER)
+        self.advanceTo(10.5)
+        child.exit(code=0)
+        self.assertEqual(self.node.state, NodeState.RELEASING)
+        self.assertTimes(self.lock.sent("release"), [10.5])
+        self.advanceTo(10.6)
+        self.lock.answer("release", True)
+        self.assertEqual(self.node.state, NodeState.STANDBY)
+        self.assertFalse(self.node.holdsLease)
+        self.advanceTo(10.6 + TTL - 0.001)
+        self.assertEqual(self.lock.sent("acquire"), [10.0])
+        self.assertEqual(self.lock.sent("refresh"), [])
+        self.advanceTo(10.6 + TTL)
+        self.assertTimes(self.lock.sent("acquire"), [10.0, 15.6])
+        self.assertNotFinished()
+        # and it can take the lease again, with a new token
+        self.lock.answer("acquire", Attempt(True, 9, 5000, HOLDER))
+        self.assertEqual(len(self.children), 2)
+        self.assertEqual(self.children[1].environment["BEATCOP_FENCING_TOKEN"], "9")
+        self.assertAlmostEqual(self.children[1].killBy, 15.6 + GUARD_AFTER, places=PLACES)
+
+
+class StopServiceTests(ServiceTestCase):
+    def test_stopWhileRunningStopsChildKeepsRefreshingThenReleases(self):
+        child = self.runningAt(10.0)
+        self.advanceTo(10.5)
+        stopped = []
+        self.node.stopService().addCallback(stopped.append)
+        self.assertEqual(child.stops, [(10.5, GRACE)])
+        self.assertEqual(self.node.state, NodeState.STOPPING)
+        # the command takes its time: the lease is still refreshed
+        self.advanceTo(11.0)
+        self.advanceTo(11.1)
+        self.lock.answer("refresh", RefreshOutcome.REFRESHED)
+        self.assertAlmostEqual(self.node.provenUntil, 16.0, places=PLACES)
+        self.assertAlmostEqual(child.deadlines[-1][1], 11.0 + GUARD_AFTER, places=PLACES)
+        self.advanceTo(11.4)
+        child.exit(code=0)
+        self.assertEqual(self.node.state, NodeState.RELEASING)
+        self.assertTimes(self.lock.sent("release"), [11.4])
+        self.assertEqual(stopped, [])
+        self.assertNotFinished()
+        self.advanceTo(12.0)
+        self.assertEqual(self.lock.sent("refresh"), [11.0])
+        self.lock.answer("release", True)
+        self.assertEqual(stopped, [None])
+        self.assertFinished(EX_OK)
+
+    def test_stopWhileRunningStillHonoursTheDeadline(self):
+        child = self.runningAt(10.0)
+        self.advanceTo(10.5)
+        self.node.stopService()
+        self.advanceTo(13.8)
+        # the stop at 10.5 already had SIGKILL due at 11.5
+        self.assertEqual(child.stops[0], (10.5, GRACE))
+        self.assertAlmostEqual(child.killDue, 11.5, places=PLACES)
+        self.assertEqual(len(child.stops), 2)
+        child.exit(signal=signal.SIGKILL)
+        self.assertFinished(EX_UNAVAILABLE)
+        self.assertNotReleased()
+
+    def test_stopWhileStarting(self):
+        child = self.acquireAt(10.0)
+        stopped = []
+        self.node.stopService().addCallback(stopped.append)
+        self.assertEqual(len(child.stops), 1)
+        child.exit(signal=signal.SIGTERM)
+        self.lock.answer("release", True)
+        self.assertEqual(stopped, [None])
+        self.assertFinished(EX_OK)
+
+    def test_stopWhileRestartingReleasesAtOnce(self):
+        child = self.runningAt(10.0, onExit=OnExit.RESTART)
+        child.exit(code=1)
+        stopped = []
+        self.node.stopService().addCallback(stopped.append)
+        self.assertEqual(self.node.state, NodeState.RELEASING)
+        self.lock.answer("release", True)
+        self.assertEqual(stopped, [None])
+        self.assertFinished(EX_OK)
+        self.advanceTo(20.0)
+        self.assertEqual(len(self.children), 1)
+
+    def test_stopAsStandbyFinishesAtOnce(self):
+        self.startNode(startAt=10.0)
+        self.lock.answer("acquire", Attempt(False, 6, 700, OTHER))
+        stopped = []
+        self.node.stopService().addCallback(stopped.append)
+        self.assertEqual(stopped, [None])
+        self.assertFinished(EX_OK)
+        self.advanceTo(20.0)
+        self.assertEqual(self.lock.sent("acquire"), [10.0])
+        self.assertNotReleased()
+        self.assertEqual(self.children, [])
+
+    def test_stopWhileAcquisitionInFlightThatSucceedsGivesTheLeaseBack(self):
+        self.startNode(startAt=10.0)
+        stopped = []
+        self.node.stopService().addCallback(stopped.append)
+        self.assertEqual(stopped, [])
+        self.advanceTo(10.2)
+        self.lock.answer("acquire", Attempt(True, 7, 5000, HOLDER))
+        self.assertEqual(self.children, [])
+        self.assertTimes(self.lock.sent("release"), [10.2])
+        # the connection stays open until the release is answered
+        self.assertEqual(self.client.closed, 0)
+        self.assertEqual(stopped, [])
+        self.lock.answer("release", True)
+        self.assertEqual(stopped, [None])
+        self.assertFinished(EX_OK)
+        self.advanceTo(20.0)
+        self.assertEqual(self.children, [])
+        self.assertEqual(self.lock.sent("refresh"), [])
+
+    def test_stopWhileAcquisitionInFlightThatFails(self):
+        self.startNode(startAt=10.0)
+        stopped = []
+        self.node.stopService().addCallback(stopped.append)
+        self.lock.answer("acquire", Attempt(False, 6, 700, OTHER))
+        self.assertEqual(stopped, [None])
+        self.assertFinished(EX_OK)
+        self.assertNotReleased()
+        self.advanceTo(20.0)
+        self.assertEqual(self.lock.sent("acquire"), [10.0])
+
+    def test_stopWhileAcquisitionInFlightThatTimesOut(self):
+        """
+        A timed-out acquisition may have been applied: give back what may
+        be ours (the release deletes the key only if it holds our id).
+        """
+        self.startNode(startAt=10.0)
+        stopped = []
+        self.node.stopService().addCallback(stopped.append)
+        self.lock.answer("acquire", RedisTimeout("no reply to EVALSHA within 1 s"))
+        self.assertEqual(len(self.lock.sent("release")), 1)
+        self.lock.answer("release", RedisUnreachable("redis.example:6379: Connection refused"))
+        self.assertEqual(stopped, [None])
+        self.assertFinished(EX_OK)
+        self.assertEqual(self.children, [])
+
+    def test_stopDuringHandoverReleaseFinishesOnceReleased(self):
+        child = self.runningAt(10.0, onExit=OnExit.HANDOVER)
+        child.exit(code=0)
+        stopped = []
+        self.node.stopService().addCallback(stopped.append)
+        self.assertEqual(stopped, [])
+        self.lock.answer("release", True)
+        self.assertEqual(stopped, [None])
+        self.assertFinished(EX_OK)
+        self.advanceTo(30.0)
+        self.assertEqual(self.lock.sent("acquire"), [10.0])
+
+    def test_stopAfterLeaseLostKeepsExitCode69(self):
+        child = self.runningAt(10.0)
+        self.advanceTo(11.0)
+        self.lock.answer("refresh", RefreshOutcome.TAKEN)
+        stopped = []
+        self.node.stopService().addCallback(stopped.append)
+        self.assertEqual(len(child.stops), 1)
+        self.assertEqual(stopped, [])
+        child.exit(code=0)
+        self.assertEqual(stopped, [None])
+        self.assertFinished(EX_UNAVAILABLE)
+        self.assertNotReleased()
+
+    def test_lateStopServiceKillsByTheLeaseDeadline(self):
+        """
+        A stop asked for after the stop point, before its timer ran (a
+        frozen process), gives the command only the time left before
+        provenUntil - safety_margin.
+        """
+        child = self.runningAt(10.0)
+        self.clock.rightNow = 14.5
+        self.node.stopService()
+        self.assertStoppedAt(child, 14.5, killDue=14.8)
+        self.clock.advance(0)  # now the deadline timer runs
+        self.assertAlmostEqual(child.killDue, 14.8, places=PLACES)
+        child.exit(code=0)
+        self.assertFinished(EX_UNAVAILABLE)
+        self.assertNotReleased()
+
+    def test_stopBeforeStart(self):
+        self.makeNode()
+        stopped = []
+        self.node.stopService().addCallback(stopped.append)
+        self.assertEqual(stopped, [None])
+        self.assertEqual(self.node.state, NodeState.FINISHED)
+        self.assertEqual(self.exitCodes, [EX_OK])
+
+    def test_stopAfterFinishing(self):
+        child = self.runningAt(10.0)
+        child.exit(code=3)
+        self.lock.answer("release", True)
+        stopped = []
+        self.node.stopService().addCallback(stopped.append)
+        self.assertEqual(stopped, [None])
+        self.assertFinished(3)
