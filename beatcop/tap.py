@@ -119,14 +119,30 @@ def makeService(options, reactor=None):
 
     node.whenFinished().addCallback(finished)
 
-    def installSighup():
-        previous = signal.getsignal(signal.SIGHUP)
+    def stopCleanly():
+        try:
+            reactor.stop()
+        except error.ReactorNotRunning:
+            pass
 
-        def onSighup(signum, frame):
-            reactor.callFromThread(node.forwardSignal, signal.SIGHUP)
+    def onStopSignal(signum, frame):
+        # twistd's own handler makes the process die by the signal once the
+        # reactor stopped; a clean stop of BeatCop is documented as exit 0
+        # (or the command's code), which is what supervisors and scripts test.
+        reactor.callFromThread(stopCleanly)
 
-        if previous in (signal.SIG_DFL, None):
+    def onSighup(signum, frame):
+        reactor.callFromThread(node.forwardSignal, signal.SIGHUP)
+
+    def installSignalHandlers():
+        # Runs after the reactor installed its handlers, and only replaces
+        # them when it did (not under a reactor run with
+        # installSignalHandlers=False, whose owner handles signals itself).
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            if signal.getsignal(sig) not in (signal.SIG_DFL, signal.default_int_handler, None):
+                signal.signal(sig, onStopSignal)
+        if signal.getsignal(signal.SIGHUP) in (signal.SIG_DFL, None):
             signal.signal(signal.SIGHUP, onSighup)
 
-    reactor.callWhenRunning(installSighup)
+    reactor.callWhenRunning(installSignalHandlers)
     return node
