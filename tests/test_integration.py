@@ -273,7 +273,7 @@ def test_fencing_token_grows_across_takeovers_and_reaches_the_command(makeCluste
     when Redis lost the counter.
     """
     cluster = makeCluster()
-    cluster.startNodes(3)
+    cluster.startNodes(4)
     holder, start = cluster.holder()
     starts = [start]
     for round in range(2):
