@@ -232,6 +232,12 @@ class Config:
     @ivar onExit: what to do when the child exits by itself.
     @ivar restartDelay: first delay before a restart (L{OnExit.RESTART}).
     @ivar restartMaxDelay: the longest delay before a restart.
+    @ivar notify: publish a message when the lock is released, and listen
+        for it while standing by, so that a standby takes over at once
+        (off for proxies without pub/sub; standbys then only poll).
+    @ivar standbyMaxWait: the longest a standby waits between two attempts
+        (it normally tries again right when the holder's lease can expire);
+        C{None} means the TTL.
     @ivar environment: extra environment variables for the child, on top of
         BeatCop's own environment.
     @ivar source: the file path, or C{"command line"}; used in messages.
@@ -254,6 +260,8 @@ class Config:
     onExit: OnExit = OnExit.EXIT
     restartDelay: int = DEFAULT_RESTART_DELAY
     restartMaxDelay: int = DEFAULT_RESTART_MAX_DELAY
+    notify: bool = True
+    standbyMaxWait: int | None = None
     environment: Mapping[str, str] = Environment()
     source: str = ""
     warnings: tuple[str, ...] = ()
@@ -314,6 +322,8 @@ BEATCOP_KEYS = frozenset(
         "on_exit",
         "restart_delay",
         "restart_max_delay",
+        "notify",
+        "standby_max_wait",
     }
 )
 _KNOWN_KEYS = {"redis": REDIS_KEYS, "beatcop": BEATCOP_KEYS}
@@ -418,6 +428,15 @@ class _Reader:
                 self.fail(section, key, f"must be more than 0 ms, not {number}")
             self.fail(section, key, f"must be at least {minimum} ms, not {number}")
         return number
+
+    def boolean(self, section, key, default):
+        text = self.text(section, key)
+        if text is None:
+            return default
+        states = configparser.ConfigParser.BOOLEAN_STATES
+        if text.lower() not in states:
+            self.fail(section, key, f"not yes or no (nor true/false, on/off, 1/0): {text!r}")
+        return states[text.lower()]
 
     def port(self, section, key):
         text = self.text(section, key)
@@ -670,6 +689,9 @@ def loadConfig(path=None, overrides=None):
             f"{restartMaxDelay} ms is less than restart_delay {restartDelay} ms",
         )
 
+    notify = reader.boolean("beatcop", "notify", True)
+    standbyMaxWait = reader.milliseconds("beatcop", "standby_max_wait", ttl)
+
     environment = _readEnvironment(reader)
     _checkProgram(reader, command, shell, environment)
 
@@ -686,6 +708,8 @@ def loadConfig(path=None, overrides=None):
         onExit=onExit,
         restartDelay=restartDelay,
         restartMaxDelay=restartMaxDelay,
+        notify=notify,
+        standbyMaxWait=standbyMaxWait,
         environment=environment,
         source=source,
         warnings=tuple(reader.warnings),
@@ -700,17 +724,7 @@ def _readCommand(reader):
     if not command:
         reader.fail("beatcop", "command", "empty: give the command to keep running")
 
-    shellText = reader.text("beatcop", "shell")
-    shell = False
-    if shellText is not None:
-        states = configparser.ConfigParser.BOOLEAN_STATES
-        if shellText.lower() not in states:
-            reader.fail(
-                "beatcop",
-                "shell",
-                f"not yes or no (nor true/false, on/off, 1/0): {shellText!r}",
-            )
-        shell = states[shellText.lower()]
+    shell = reader.boolean("beatcop", "shell", False)
 
     if not shell:
         try:

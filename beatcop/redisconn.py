@@ -16,6 +16,7 @@ from twisted.internet import defer, error as internetError
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 import txredisapi
 
@@ -53,14 +54,15 @@ class _SingleConnectionFactory(Factory):
     isLazy = False
     noisy = False
 
-    def __init__(self, clock, redisConfig):
+    def __init__(self, clock, redisConfig, protocolClass=txredisapi.RedisProtocol):
         self.clock = clock
         self.redisConfig = redisConfig
+        self.protocolClass = protocolClass
         self.ready = defer.Deferred()
 
     def buildProtocol(self, addr):
         config = self.redisConfig
-        proto = txredisapi.RedisProtocol(
+        proto = self.protocolClass(
             charset="utf-8",
             replyTimeout=None,  # deadlines are ours, on our clock
             password=config.password,
@@ -121,12 +123,18 @@ class RedisClient:
 
     log = Logger()
 
-    def __init__(self, reactor, redisConfig, unixSocket=None, endpoint=None):
+    def __init__(self, reactor, redisConfig, unixSocket=None, endpoint=None, protocolClass=txredisapi.RedisProtocol):
+        """
+        @param protocolClass: a L{txredisapi.RedisProtocol} subclass, e.g.
+            a L{txredisapi.SubscriberProtocol} for a pub/sub connection.
+        """
         self._reactor = reactor
         self._config = redisConfig
+        self._protocolClass = protocolClass
         self._endpoint = endpoint or endpointFor(reactor, redisConfig, unixSocket)
         self._connection = None
         self._connecting = None
+        self._connectWaiters = []
         self.address = f"unix://{unixSocket}" if unixSocket else redisConfig.describe()
 
     @property
@@ -143,22 +151,33 @@ class RedisClient:
         """
         if self.connected:
             return defer.succeed(self._connection)
-        if self._connecting is None:
-            self._connecting = self._connect()
-
-            def done(result):
-                self._connecting = None
-                return result
-
-            self._connecting.addBoth(done)
         # Each caller gets its own view, so that one caller's cancellation
         # does not abort the shared attempt.
         shared = defer.Deferred()
-        self._connecting.addBoth(lambda result: (shared.callback(result), result)[1])
+        if self._connecting is not None:
+            self._connectWaiters.append(shared)
+            return shared
+        self._connectWaiters = [shared]
+
+        def done(result):
+            # Every waiter gets the outcome; the shared attempt's own chain
+            # ends here, handled.
+            self._connecting = None
+            waiters, self._connectWaiters = self._connectWaiters, []
+            for waiter in waiters:
+                if isinstance(result, Failure):
+                    waiter.errback(result)
+                else:
+                    waiter.callback(result)
+
+        attempt = self._connect()
+        if not attempt.called:
+            self._connecting = attempt
+        attempt.addBoth(done)
         return shared
 
     def _connect(self):
-        factory = _SingleConnectionFactory(self._reactor, self._config)
+        factory = _SingleConnectionFactory(self._reactor, self._config, self._protocolClass)
         timeout = self._config.connectTimeout / 1000.0
         made = []
 

@@ -49,9 +49,15 @@ from .errors import (
     RedisUnreachable,
 )
 from .lock import RedisLock, RefreshOutcome
+from .notify import ReleaseListener
 from .redisconn import RedisClient
 
 MINIMUM_REDIS = (2, 6, 12)
+
+# Standbys spread their attempts over this many seconds after the moment
+# they aim for (a lease's expiry, a release), so that many of them do not
+# hit Redis in the same instant; the first to arrive wins either way.
+ATTEMPT_SPREAD = 0.010
 
 
 class NodeState(enum.Enum):
@@ -113,6 +119,7 @@ class BeatCopService(service.Service):
         monotonic=time.monotonic,
         randomSource=None,
         childFactory=ChildProcess,
+        listenerFactory=None,
     ):
         """
         @param config: a L{beatcop.config.Config}.
@@ -122,6 +129,9 @@ class BeatCopService(service.Service):
         @param lock: a L{RedisLock} (made from the config if C{None}).
         @param monotonic: the clock the lease guard shares with us.
         @param childFactory: makes the L{ChildProcess} (tests pass fakes).
+        @param listenerFactory: makes the release listener from
+            C{(reactor, redisConfig, channel, onRelease, unixSocket)};
+            default L{ReleaseListener}.
         """
         if reactor is None:
             from twisted.internet import reactor
@@ -132,6 +142,12 @@ class BeatCopService(service.Service):
         self._monotonic = monotonic
         self._random = randomSource or random.Random()
         self._childFactory = childFactory
+        self._listenerFactory = listenerFactory or ReleaseListener
+        self._listener = None
+        self._unixSocket = None
+        # A standby ignores release notifications before this (reactor
+        # seconds): after handing the lock over, the others go first.
+        self._notBefore = 0.0
         self.state = NodeState.STOPPED
         self.exitCode = None
         self.child = None
@@ -244,6 +260,8 @@ class BeatCopService(service.Service):
                 call.cancel()
         self.log.info("Finished ({why}), exit code {code}", why=why, code=exitCode)
         closing = self.client.close() if self._client is not None else defer.succeed(None)
+        if self._listener is not None:
+            closing = defer.gatherResults([closing, self._listener.stop()], consumeErrors=True)
 
         def notify(_):
             waiters, self._finishedWaiters = self._finishedWaiters, []
@@ -261,14 +279,14 @@ class BeatCopService(service.Service):
             if self.config.redis.embedded:
                 from .embedded import ensureEmbeddedRedis
 
-                unixSocket = ensureEmbeddedRedis()
+                unixSocket = self._unixSocket = ensureEmbeddedRedis()
                 self.log.info("Using the embedded Redis on this host only, at {path}", path=unixSocket)
             self._client = RedisClient(self._reactor, self.config.redis, unixSocket=unixSocket)
         return self._client
 
     def _makeLock(self):
         if self.lock is None:
-            self.lock = RedisLock(self.client, self.config.lockName, self.config.ttl)
+            self.lock = RedisLock(self.client, self.config.lockName, self.config.ttl, notify=self.config.notify)
         return self.lock
 
     @defer.inlineCallbacks
@@ -298,7 +316,23 @@ class BeatCopService(service.Service):
             lock=lock.lockName,
         )
         self._moveTo(NodeState.STANDBY)
+        self._listen()
         self._attempt()
+
+    def _listen(self):
+        if self.config.notify and self.lock.releaseChannel is not None:
+            self._listener = self._listenerFactory(
+                self._reactor, self.config.redis, self.lock.releaseChannel, self._releaseAnnounced, self._unixSocket
+            )
+            self._listener.start()
+
+    def _releaseAnnounced(self, holderId):
+        """
+        The holder released the lock (or the listener may have missed a
+        release): try at once, within the spread.
+        """
+        if self.state is NodeState.STANDBY and self._reactor.seconds() >= self._notBefore:
+            self._scheduleAttempt(self._random.uniform(0, ATTEMPT_SPREAD))
 
     # -- standby ---------------------------------------------------------
 
@@ -350,14 +384,21 @@ class BeatCopService(service.Service):
 
     def _nextAttemptDelay(self, pttl):
         """
-        When to try again: when the holder's lease can expire if that is
-        sooner than the regular interval, plus a little jitter so that
-        standbys do not all hit Redis in the same millisecond.
+        When to try again: right when the holder's lease can expire (the
+        attempt's reply said how long it has left), never later than the
+        maximum wait, spread a little so that standbys do not all hit Redis
+        in the same millisecond.  A key that vanished in between (-2) is
+        worth trying at once; one without an expiry (-1, set by hand) only
+        at the maximum wait.
         """
-        interval = self.config.refreshInterval / 1000.0
+        maxWait = (self.config.standbyMaxWait or self.config.ttl) / 1000.0
         if pttl >= 0:
-            interval = min(interval, pttl / 1000.0 + 0.001)
-        return interval + self._random.uniform(0, 0.010)
+            delay = min(maxWait, pttl / 1000.0 + 0.001)
+        elif pttl == -2:
+            delay = 0.0
+        else:
+            delay = maxWait
+        return delay + self._random.uniform(0, ATTEMPT_SPREAD)
 
     def _attemptFailed(self, failure):
         failure.trap(BeatCopError)
@@ -678,7 +719,9 @@ class BeatCopService(service.Service):
             if handover and self.running:
                 self._moveTo(NodeState.STANDBY)
                 # Give the other nodes a whole lease to take it first.
-                self._scheduleAttempt(self.config.ttl / 1000.0 + self._random.uniform(0, 0.010))
+                wait = self.config.ttl / 1000.0
+                self._notBefore = self._reactor.seconds() + wait
+                self._scheduleAttempt(wait + self._random.uniform(0, ATTEMPT_SPREAD))
             else:
                 self._finish(exitCode, "released")
 

@@ -35,6 +35,8 @@ _OVERRIDES = [
     ("on-exit", "beatcop", "on_exit", "when the command exits on its own: exit, restart or handover (default exit)"),
     ("restart-delay", "beatcop", "restart_delay", "first restart delay in ms with on-exit=restart (default 1000)"),
     ("restart-max-delay", "beatcop", "restart_max_delay", "longest restart delay in ms (default 30000)"),
+    ("notify", "beatcop", "notify", "yes/no: publish lock releases and listen for them while standing by (default yes)"),
+    ("standby-max-wait", "beatcop", "standby_max_wait", "longest wait in ms between a standby's attempts (default timeout)"),
 ]
 
 

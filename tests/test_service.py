@@ -106,6 +106,7 @@ class FakeLock:
         self.clock = clock
         self.lockName = LOCK_NAME
         self.holderId = HOLDER
+        self.releaseChannel = "{" + LOCK_NAME + "}:released"
         self.token = None
         self.highestToken = 0
         self.calls = []
@@ -217,6 +218,29 @@ class FakeChild:
         self.ended.callback(ChildExit(code=127))
 
 
+class FakeListener:
+    """
+    A release listener the test drives: C{announce(holder)} is a release
+    heard on the channel.
+    """
+
+    def __init__(self, reactor, redisConfig, channel, onRelease, unixSocket):
+        self.channel = channel
+        self.onRelease = onRelease
+        self.started = False
+        self.stopped = False
+
+    def start(self):
+        self.started = True
+
+    def stop(self):
+        self.stopped = True
+        return defer.succeed(None)
+
+    def announce(self, holderId=OTHER):
+        self.onRelease(holderId)
+
+
 class ZeroJitter:
     def uniform(self, low, high):
         return low
@@ -249,10 +273,17 @@ class ServiceTestCase(SynchronousTestCase):
             monotonic=self.clock.seconds,
             randomSource=ZeroJitter(),
             childFactory=childFactory,
+            listenerFactory=self.makeListener,
         )
+        self.listeners = []
         self.exitCodes = []
         self.node.whenFinished().addCallback(self.exitCodes.append)
         return self.node
+
+    def makeListener(self, *args):
+        listener = FakeListener(*args)
+        self.listeners.append(listener)
+        return listener
 
     def startNode(self, **changes):
         node = self.makeNode(**changes)
@@ -391,21 +422,90 @@ class StandbyTests(ServiceTestCase):
         self.advanceTo(10.711)
         self.assertTimes(self.lock.sent("acquire"), [10.0, 10.711])
 
-    def test_nextAttemptAtRefreshIntervalWhenHoldersKeyHasNoExpiry(self):
+    def test_nextAttemptAtMaximumWaitWhenHoldersKeyHasNoExpiry(self):
+        """
+        A key without an expiry (set by hand) is tried again after the
+        maximum wait, which defaults to the TTL.
+        """
         self.startNode(startAt=10.0)
         self.lock.answer("acquire", Attempt(False, 6, -1, OTHER))
-        self.advanceTo(10.999)
+        self.advanceTo(14.999)
         self.assertEqual(len(self.lock.sent("acquire")), 1)
-        self.advanceTo(11.0)
-        self.assertTimes(self.lock.sent("acquire"), [10.0, 11.0])
+        self.advanceTo(15.0)
+        self.assertTimes(self.lock.sent("acquire"), [10.0, 15.0])
 
-    def test_nextAttemptNeverLaterThanRefreshInterval(self):
+    def test_nextAttemptAtOnceWhenTheKeyVanishedInBetween(self):
+        self.startNode(startAt=10.0)
+        self.lock.answer("acquire", Attempt(False, 6, -2, None))
+        self.advanceTo(10.0)
+        self.assertTimes(self.lock.sent("acquire"), [10.0, 10.0])
+
+    def test_nextAttemptNeverLaterThanMaximumWait(self):
+        self.startNode(startAt=10.0, standbyMaxWait=1500)
+        self.lock.answer("acquire", Attempt(False, 6, 4000, OTHER))
+        self.advanceTo(11.499)
+        self.assertEqual(len(self.lock.sent("acquire")), 1)
+        self.advanceTo(11.5)
+        self.assertTimes(self.lock.sent("acquire"), [10.0, 11.5])
+
+    def test_standbyPollsOncePerLeaseAtMost(self):
+        """
+        A standby facing a healthy holder (refreshing every second, so the
+        PTTL it reads is 4 to 5 s) sends one attempt per 4 s or more: less
+        than one command per TTL/2.
+        """
+        self.startNode(startAt=10.0)
+        for _ in range(10):
+            self.lock.answer("acquire", Attempt(False, 6, 4000, OTHER))
+            self.advance(4.001)
+        sent = self.lock.sent("acquire")
+        self.assertEqual(len(sent), 11)
+        self.assertGreaterEqual(min(b - a for a, b in zip(sent, sent[1:])), 4.0)
+
+    def test_listensForReleasesOnceConnected(self):
+        self.startNode(startAt=10.0)
+        self.assertEqual(len(self.listeners), 1)
+        self.assertTrue(self.listeners[0].started)
+        self.assertEqual(self.listeners[0].channel, "{beatcop:test}:released")
+
+    def test_noListenerWithNotifyOff(self):
+        self.startNode(startAt=10.0, notify=False)
+        self.assertEqual(self.listeners, [])
+
+    def test_releaseAnnouncedTriesAtOnceWithinTheSpread(self):
+        self.makeNode(startAt=10.0)
+
+        class Spread:
+            def uniform(self, low, high):
+                return high
+
+        self.node._random = Spread()
+        self.node.startService()
+        self.lock.answer("acquire", Attempt(False, 6, 4000, OTHER))
+        self.advanceTo(11.0)
+        self.listeners[0].announce()
+        self.advanceTo(11.009)
+        self.assertEqual(len(self.lock.sent("acquire")), 1)
+        self.advanceTo(11.010)
+        self.assertTimes(self.lock.sent("acquire"), [10.0, 11.010])
+        # The poll scheduled before was replaced, not kept beside it.
+        self.lock.answer("acquire", Attempt(False, 7, 5000, OTHER))
+        self.advanceTo(14.011)
+        self.assertEqual(len(self.lock.sent("acquire")), 2)
+
+    def test_releaseAnnouncedIsIgnoredWhileHolding(self):
+        self.acquireAt(10.0)
+        self.listeners[0].announce(HOLDER)
+        self.advance(0.1)
+        self.assertEqual(len(self.lock.sent("acquire")), 1)
+        self.assertIn(self.node.state, (NodeState.STARTING, NodeState.RUNNING))
+
+    def test_listenerStoppedWhenFinished(self):
         self.startNode(startAt=10.0)
         self.lock.answer("acquire", Attempt(False, 6, 4000, OTHER))
-        self.advanceTo(10.999)
-        self.assertEqual(len(self.lock.sent("acquire")), 1)
-        self.advanceTo(11.0)
-        self.assertTimes(self.lock.sent("acquire"), [10.0, 11.0])
+        self.node.stopService()
+        self.assertTrue(self.listeners[0].stopped)
+        self.assertEqual(self.exitCodes, [EX_OK])
 
     def test_redisErrorsWhileStandbyAreRetriedForever(self):
         self.startNode(startAt=10.0)
@@ -866,6 +966,9 @@ class ChildExitTests(ServiceTestCase):
         self.lock.answer("release", True)
         self.assertEqual(self.node.state, NodeState.STANDBY)
         self.assertFalse(self.node.holdsLease)
+        # Its own release announcement (and any other) does not make it
+        # try before the others had their chance.
+        self.listeners[0].announce(HOLDER)
         self.advanceTo(10.6 + TTL - 0.001)
         self.assertEqual(self.lock.sent("acquire"), [10.0])
         self.assertEqual(self.lock.sent("refresh"), [])

@@ -1,0 +1,153 @@
+"""
+Release notifications: a standby hears at once that the holder let go.
+
+The holder's release script publishes its id on the lock's release channel
+(L{beatcop.lock.releaseChannelFor}) in the same step as it deletes the key,
+so a standby listening there can take the lock within a round trip of the
+release instead of at its next poll.  A message can be lost (the listener was
+reconnecting, a proxy dropped it): polling stays, notifications only make it
+faster.  So this listener never fails the node: it logs, waits, reconnects.
+
+A subscribed connection can do nothing else, hence a second connection,
+made like the first (same endpoint, credentials and deadlines; see
+L{beatcop.redisconn.RedisClient}).
+"""
+
+import enum
+
+import txredisapi
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from .errors import BeatCopError
+from .redisconn import RedisClient
+
+
+class _Subscriber(txredisapi.SubscriberProtocol):
+    onMessage = None
+
+    def messageReceived(self, pattern, channel, message):
+        if self.onMessage is not None:
+            self.onMessage(channel, message)
+
+
+class ListenerState(enum.Enum):
+    IDLE = "idle"
+    CONNECTING = "connecting"  # connecting, or SUBSCRIBE in flight
+    LISTENING = "listening"
+    WAITING = "waiting"  # to reconnect
+    STOPPED = "stopped"
+
+
+class ReleaseListener:
+    """
+    Calls C{onRelease(holderId)} for every release announced on C{channel};
+    C{onRelease(None)} when it starts listening again after a loss (a release
+    may have been missed meanwhile).
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor, redisConfig, channel, onRelease, unixSocket=None, client=None,
+                 retryDelay=0.5, maxRetryDelay=None):
+        """
+        @param maxRetryDelay: the longest wait between reconnection attempts
+            (default: the reply timeout's ten-fold, at most 5 s).
+        """
+        self._reactor = reactor
+        self._config = redisConfig
+        self.channel = channel
+        self._onRelease = onRelease
+        self._client = client or RedisClient(reactor, redisConfig, unixSocket=unixSocket, protocolClass=_Subscriber)
+        self._firstRetryDelay = retryDelay
+        self._retryDelay = retryDelay
+        self._maxRetryDelay = maxRetryDelay if maxRetryDelay is not None else min(
+            5.0, 10 * redisConfig.replyTimeout / 1000.0
+        )
+        self._retryCall = None
+        self._everListened = False
+        self._failing = False
+        self.state = ListenerState.IDLE
+
+    def start(self):
+        if self.state is ListenerState.IDLE:
+            self._subscribe()
+
+    def stop(self):
+        """
+        Stop listening and close the connection.
+
+        @return: a Deferred that fires when the connection is closed.
+        """
+        self.state = ListenerState.STOPPED
+        if self._retryCall is not None and self._retryCall.active():
+            self._retryCall.cancel()
+        self._retryCall = None
+        return self._client.close()
+
+    def _subscribe(self):
+        self.state = ListenerState.CONNECTING
+        d = self._client.connect()
+        d.addCallback(self._connected)
+        d.addCallbacks(self._listening, self._failed)
+        d.addErrback(self._bug)
+
+    def _connected(self, proto):
+        if self.state is not ListenerState.CONNECTING:
+            return None
+        proto.onMessage = self._message
+        proto.whenDisconnected().addCallback(self._lost)
+        subscribed = proto.subscribe(self.channel)
+        subscribed.addTimeout(self._config.replyTimeout / 1000.0, self._reactor)
+        return subscribed
+
+    def _listening(self, _):
+        if self.state is not ListenerState.CONNECTING:
+            return
+        self.state = ListenerState.LISTENING
+        self._retryDelay = self._firstRetryDelay
+        if self._failing:
+            self._failing = False
+            self.log.info("Listening for releases on {channel} again", channel=self.channel)
+        if self._everListened:
+            self._onRelease(None)
+        self._everListened = True
+
+    def _failed(self, failure):
+        failure.trap(BeatCopError, defer.TimeoutError, txredisapi.ConnectionError, txredisapi.ResponseError)
+        if self.state is ListenerState.STOPPED:
+            return
+        if not self._failing:
+            self._failing = True
+            self.log.warn(
+                "Cannot listen for releases on {channel} ({error}); relying on polling until it can",
+                channel=self.channel,
+                error=str(failure.value) or failure.type.__name__,
+            )
+        self._client.disconnect()
+        self._retryLater()
+
+    def _lost(self, _):
+        if self.state is ListenerState.LISTENING:
+            self._retryLater()
+
+    def _retryLater(self):
+        if self.state is ListenerState.STOPPED or (
+            self._retryCall is not None and self._retryCall.active()
+        ):
+            return
+        self.state = ListenerState.WAITING
+        delay, self._retryDelay = self._retryDelay, min(self._maxRetryDelay, self._retryDelay * 2)
+        self._retryCall = self._reactor.callLater(delay, self._retry)
+
+    def _retry(self):
+        self._retryCall = None
+        if self.state is ListenerState.WAITING:
+            self._subscribe()
+
+    def _message(self, channel, message):
+        if self.state is ListenerState.LISTENING:
+            self._onRelease(message)
+
+    def _bug(self, failure):
+        self.log.failure("BeatCop bug in the release listener; relying on polling", failure)
