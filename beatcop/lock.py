@@ -19,8 +19,10 @@ Scripts run by EVALSHA and fall back to EVAL on NOSCRIPT (Redis restarted or
 failed over and lost its script cache), which also loads them again.
 """
 
+import binascii
 import enum
 import hashlib
+import itertools
 import os
 import secrets
 import socket
@@ -113,8 +115,15 @@ return 0
 RELEASE = Script(
     "release",
     """
+-- KEYS[1] lock; ARGV[1] holder id, ARGV[2] the channel to tell standbys on
+-- ('' for none).  Published in the same step as the DEL, so that a standby
+-- that hears it can take the lock at once.
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[1])
+  if ARGV[2] ~= '' then
+    redis.call('PUBLISH', ARGV[2], ARGV[1])
+  end
+  return 1
 end
 return 0
 """,
@@ -155,17 +164,51 @@ def newHolderId():
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(8)}"
 
 
-def fencingKeyFor(lockName):
+def _clusterSlot(key):
     """
-    The fencing counter's key.  It shares the lock key's Redis Cluster hash
-    slot: a key without braces hashes whole, so C{{name}:fence} hashes like
-    C{name}; a name that has a hash tag already keeps it.
+    The Redis Cluster hash slot of a key that has no hash tag: CRC16/XMODEM
+    of its UTF-8 bytes (what Redis sees), modulo 16384.
+    """
+    return binascii.crc_hqx(key.encode("utf-8"), 0) % 16384
+
+
+def _companionName(lockName, suffix):
+    """
+    A name beside the lock's that shares its Redis Cluster hash slot: a key
+    without braces hashes whole, so C{{name}:suffix} hashes like C{name}; a
+    name that has a hash tag already keeps it.
+
+    A name with a C{}} but no hash tag (C{a}b}, C{{}x}) also hashes whole,
+    and no hash tag can spell it (a tag ends at the first C{}}), so its
+    companion is C{name:suffix:N} with the smallest N that lands in the same
+    slot.
     """
     start = lockName.find("{")
     end = lockName.find("}", start + 1)
     if start != -1 and end > start + 1:
-        return f"{lockName}:fence"
-    return f"{{{lockName}}}:fence"
+        return f"{lockName}:{suffix}"
+    if "}" in lockName:
+        slot = _clusterSlot(lockName)
+        prefix = binascii.crc_hqx(f"{lockName}:{suffix}:".encode("utf-8"), 0)
+        for n in itertools.count():
+            if binascii.crc_hqx(str(n).encode("ascii"), prefix) % 16384 == slot:
+                return f"{lockName}:{suffix}:{n}"
+    return f"{{{lockName}}}:{suffix}"
+
+
+def fencingKeyFor(lockName):
+    """
+    The fencing counter's key, in the lock's hash slot.
+    """
+    return _companionName(lockName, "fence")
+
+
+def releaseChannelFor(lockName):
+    """
+    The pub/sub channel on which a holder announces that it released the
+    lock (the message is its holder id).
+    """
+    return _companionName(lockName, "released")
 
 
 class RedisLock:
@@ -186,7 +229,7 @@ class RedisLock:
 
     log = Logger()
 
-    def __init__(self, client, lockName, ttl, holderId=None, useEvalSha=True):
+    def __init__(self, client, lockName, ttl, holderId=None, useEvalSha=True, notify=True):
         """
         @param client: a L{beatcop.redisconn.RedisClient} (or anything with
             its C{execute}).
@@ -195,6 +238,7 @@ class RedisLock:
         self.client = client
         self.lockName = lockName
         self.fencingKey = fencingKeyFor(lockName)
+        self.releaseChannel = releaseChannelFor(lockName) if notify else None
         self.ttl = int(ttl)
         self.holderId = holderId or newHolderId()
         self.useEvalSha = useEvalSha
@@ -257,9 +301,12 @@ class RedisLock:
     def release(self):
         """
         Delete the key if it is still ours, so that a standby can take over
-        without waiting for the TTL.
+        without waiting for the TTL, and announce it on L{releaseChannel}
+        (unless notifications are off).
 
         @return: a Deferred firing with C{True} if we deleted it.
         """
-        d = RELEASE(self.client, (self.lockName,), (self.holderId,), self.useEvalSha)
+        d = RELEASE(
+            self.client, (self.lockName,), (self.holderId, self.releaseChannel or ""), self.useEvalSha
+        )
         return d.addCallback(lambda deleted: bool(deleted))
