@@ -364,6 +364,28 @@ class NewKeysTests(ConfigTestMixin, SynchronousTestCase):
     The keys BeatCop 1.0 did not have.
     """
 
+    def test_notifyAndStandbyMaxWaitDefaults(self):
+        config = self.load(MINIMAL)
+        self.assertIs(config.notify, True)
+        self.assertEqual(config.standbyMaxWait, config.ttl)
+
+    def test_notifyAndStandbyMaxWait(self):
+        config = self.load(MINIMAL + "notify = no\nstandby_max_wait = 2500\n")
+        self.assertIs(config.notify, False)
+        self.assertEqual(config.standbyMaxWait, 2500)
+
+    def test_badNotify(self):
+        self.assertConfigError(
+            MINIMAL + "notify = sometimes\n",
+            "{path}: [beatcop] notify: not yes or no (nor true/false, on/off, 1/0): 'sometimes'",
+        )
+
+    def test_badStandbyMaxWait(self):
+        self.assertConfigError(
+            MINIMAL + "standby_max_wait = 0\n",
+            "{path}: [beatcop] standby_max_wait: must be more than 0 ms, not 0",
+        )
+
     def test_allNewKeys(self):
         config = self.load(
             """\

@@ -183,6 +183,24 @@ def test_sigterm_hands_over_without_waiting_for_the_lease(makeCluster, redisServ
     cluster.assertNoOverlap()
 
 
+def test_handover_without_notifications_falls_back_to_polling(makeCluster):
+    """
+    With C{notify = no} (a proxy without pub/sub) a clean stop still hands
+    over, at the standby's next attempt: within the lease the standby last
+    saw, not a TTL after the release.
+    """
+    cluster = makeCluster(notify="no")
+    cluster.startNodes(2)
+    holder, first = cluster.holder()
+    watch(cluster, 0.3)
+    holder.send(signal.SIGTERM)
+    assert holder.wait(5) == 0, holder.log()
+    end = [e for e in cluster.events("end") if e["pid"] == first["pid"]][0]
+    second = cluster.waitForStarts(2, timeout=TTL + 3)
+    assert second["t"] - end["t"] <= TTL + 0.5, cluster.logs()
+    cluster.assertNoOverlap()
+
+
 # -- Redis faults ----------------------------------------------------------
 
 
