@@ -17,6 +17,11 @@ setup(
     # twisted.plugins is a namespace shared with Twisted: no __init__.py of
     # ours there, so the plugin is listed as a package explicitly.
     packages=["beatcop", "twisted.plugins"],
+    # An explicit root makes `pip install -e .` add the checkout to sys.path
+    # (a static .pth) instead of installing an import hook: Twisted finds
+    # plugins by scanning sys.path for twisted/plugins directories, which an
+    # import hook does not provide.
+    package_dir={"": "."},
     package_data={"twisted.plugins": ["beatcop_plugin.py"]},
     install_requires=["twisted>=22.10", "txredisapi>=1.4.10"],
     extras_require={

@@ -10,6 +10,7 @@ uses txredisapi only for what it is good at, the RESP protocol
 (L{txredisapi.RedisProtocol}), and owns the connecting itself.
 """
 
+import dataclasses
 import os
 
 from twisted.internet import defer, error as internetError
@@ -131,8 +132,14 @@ class RedisClient:
         self._reactor = reactor
         self._config = redisConfig
         self._protocolClass = protocolClass
-        self._endpoint = endpoint or endpointFor(reactor, redisConfig, unixSocket)
+        # Redis Cluster: connect to the first seed that answers, and follow
+        # MOVED redirections to the node that serves the lock's slot (all of
+        # BeatCop's keys for one lock share a slot, so that is one node).
+        self._seeds = list(redisConfig.startupNodes) if endpoint is None and not unixSocket else []
+        if self._seeds:
+            endpoint = self._nodeEndpoint(*self._seeds[0])
         self._connection = None
+        self._endpoint = endpoint or endpointFor(reactor, redisConfig, unixSocket)
         self._connecting = None
         self._connectWaiters = []
         self.address = f"unix://{unixSocket}" if unixSocket else redisConfig.describe()
@@ -170,11 +177,53 @@ class RedisClient:
                 else:
                     waiter.callback(result)
 
-        attempt = self._connect()
+        if not self._seeds:
+            attempt = self._connect()
+        elif self._redirected:
+            # The node that served the slot; if it is gone (failed over),
+            # ask the seeds again.
+            attempt = self._connect()
+
+            def backToSeeds(failure):
+                failure.trap(RedisUnreachable)
+                self._redirected = False
+                return self._connectToSeeds(list(self._seeds))
+
+            attempt.addErrback(backToSeeds)
+        else:
+            attempt = self._connectToSeeds(list(self._seeds))
         if not attempt.called:
             self._connecting = attempt
         attempt.addBoth(done)
         return shared
+
+    _redirected = False
+    _MAX_REDIRECTS = 5
+
+    def _nodeEndpoint(self, host, port):
+        node = dataclasses.replace(self._config, host=host, port=port, startupNodes=(), database=0)
+        return endpointFor(self._reactor, node)
+
+    def _useNode(self, host, port):
+        self._endpoint = self._nodeEndpoint(host, port)
+        self.address = f"{'rediss' if self._config.tls else 'redis'}://{host}:{port} (cluster)"
+
+    def _connectToSeeds(self, seeds):
+        """
+        Connect to the first seed node that answers.
+        """
+        host, port = seeds.pop(0)
+        self._useNode(host, port)
+        d = self._connect()
+        if seeds:
+
+            def nextSeed(failure):
+                failure.trap(RedisUnreachable)
+                self.log.warn("Redis Cluster seed {address}: {error}", address=self.address, error=str(failure.value))
+                return self._connectToSeeds(seeds)
+
+            d.addErrback(nextSeed)
+        return d
 
     def _connect(self):
         factory = _SingleConnectionFactory(self._reactor, self._config, self._protocolClass)
@@ -223,15 +272,37 @@ class RedisClient:
 
     def execute(self, *args):
         """
-        Send one command, connecting first if need be.
+        Send one command, connecting first if need be (and, in a Redis
+        Cluster, following MOVED to the node that serves the key's slot).
 
         @return: a Deferred firing with the reply, or failing with
             L{RedisUnreachable} / L{RedisTimeout} (no answer in time; the
             connection is aborted) or L{RedisCommandError} (an error reply).
         """
+        return self._execute(args, 0)
+
+    def _execute(self, args, redirects):
         d = self.connect()
         d.addCallback(self._send, args)
+        if self._seeds:
+            d.addErrback(self._followMoved, args, redirects)
         return d
+
+    def _followMoved(self, failure, args, redirects):
+        failure.trap(RedisCommandError)
+        words = failure.value.reply.split()
+        if len(words) != 3 or words[0] != "MOVED" or redirects >= self._MAX_REDIRECTS:
+            return failure
+        host, _, port = words[2].rpartition(":")
+        try:
+            port = int(port)
+        except ValueError:
+            return failure
+        self.disconnect()
+        self._redirected = True
+        self._useNode(host or self._config.startupNodes[0][0], port)
+        self.log.info("Redis Cluster: slot {slot} is served by {address}", slot=words[1], address=self.address)
+        return self._execute(args, redirects + 1)
 
     def _send(self, proto, args):
         timeout = self._config.replyTimeout / 1000.0

@@ -112,20 +112,22 @@ def makeService(options, reactor=None):
     node = BeatCopService(options.beatcopConfig, reactor=reactor)
     exitCode = _ExitCode()
 
+    def stopCleanly():
+        if not reactor.running:
+            # Finished before the reactor ran (twistd starts services
+            # first): stop it as soon as it does.
+            reactor.callWhenRunning(stopCleanly)
+            return
+        try:
+            reactor.stop()
+        except error.ReactorNotRunning:
+            pass  # stopping already
+
     def finished(code):
         exitCode.code = code or 0
-        try:
-            reactor.stop()
-        except error.ReactorNotRunning:
-            pass
+        stopCleanly()
 
     node.whenFinished().addCallback(finished)
-
-    def stopCleanly():
-        try:
-            reactor.stop()
-        except error.ReactorNotRunning:
-            pass
 
     def onStopSignal(signum, frame):
         # twistd's own handler makes the process die by the signal once the
