@@ -106,6 +106,9 @@ class ChildProcess(protocol.ProcessProtocol):
         """
         args = [
             self._python,
+            # Isolated: PYTHONHOME, PYTHONPATH and the like in the environment
+            # are the command's, not the guard's.
+            "-I",
             "-S",
             GUARD_PATH,
             "--parent", str(os.getpid()),

@@ -2,7 +2,7 @@
 The lease guard: a tiny process between BeatCop and the command, which keeps
 the command's life inside the lease even when BeatCop cannot.
 
-BeatCop starts it as C{python -S guard.py ...}; it uses only the standard
+BeatCop starts it as C{python -I -S guard.py ...}; it uses only the standard
 library so that it starts in milliseconds.  It:
 
   1. makes itself the leader of a new session and process group, which the
@@ -150,7 +150,11 @@ def main(argv):
         if status is not None:
             if status < 0:
                 # Die the way the command died, so BeatCop sees the same.
-                signal.signal(-status, signal.SIG_DFL)
+                # SIGKILL (and SIGSTOP) cannot be caught: nothing to reset.
+                try:
+                    signal.signal(-status, signal.SIG_DFL)
+                except (OSError, ValueError):
+                    pass
                 os.kill(os.getpid(), -status)
                 return 128 - status
             return status

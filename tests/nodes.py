@@ -175,7 +175,12 @@ class Cluster:
     N nodes with one configuration, one Redis, one history, one sampler.
 
     @ivar history: the path the recorders append to.
+    @ivar beatcopSection: the C{[beatcop]} section every node's file has.
     """
+
+    # Sampler options (subclasses may watch process trees, see
+    # L{tests.history.Sampler}).
+    samplerOptions = {}
 
     def __init__(self, directory, redisUrl, ttl=1500, recorderOptions=(), **beatcopOptions):
         self.directory = directory
@@ -189,9 +194,10 @@ class Cluster:
             "command": recorderCommand(self.history, *recorderOptions),
         }
         beatcop.update({k: str(v) for k, v in beatcopOptions.items()})
+        self.beatcopSection = beatcop
         self.configPath = writeConfig(os.path.join(directory, "node.ini"), {"url": redisUrl}, beatcop)
         self.nodes = []
-        self.sampler = Sampler(self.history).start()
+        self.sampler = Sampler(self.history, **self.samplerOptions).start()
 
     def addNode(self, name=None, extraArguments=(), start=True, **environment):
         name = name or f"node{len(self.nodes) + 1}"

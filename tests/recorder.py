@@ -18,8 +18,16 @@ It also rewrites C{hb-PID} in the history's directory with the monotonic
 time every C{--heartbeat} seconds, so a frozen child is visible.
 
 Usage: C{python recorder.py HISTORY [--ignore-term] [--exit-after S]
-[--exit-code N] [--fork N] [--heartbeat S]}.  The node's name comes from
-C{$BEATCOP_TEST_NODE}.
+[--exit-code N] [--fork N] [--fork-ignore-term] [--heartbeat S]}.  The
+node's name comes from C{$BEATCOP_TEST_NODE}.
+
+The grandchildren (C{--fork}) carry C{--grandchild-of HISTORY PID} in their
+command line, so that the checker can count them as part of their run (a
+run lasts until the last process of its tree is gone); with
+C{--fork-ignore-term} they ignore SIGTERM, as a worker finishing its task
+would.  A file named C{ignore-term} beside the history makes every recorder
+ignore SIGTERM/SIGINT while it exists (the chaos runner switches it on and
+off).
 """
 
 import argparse
@@ -57,18 +65,26 @@ def main(argv=None):
     parser.add_argument("--exit-after", type=float, default=None)
     parser.add_argument("--exit-code", type=int, default=0)
     parser.add_argument("--fork", type=int, default=0)
+    parser.add_argument("--fork-ignore-term", action="store_true")
     parser.add_argument("--heartbeat", type=float, default=0.1)
     options = parser.parse_args(argv)
 
+    sleeper = "import time\nwhile True: time.sleep(1)"
+    if options.fork_ignore_term:
+        sleeper = "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + sleeper
     grandchildren = [
         subprocess.Popen(
-            [sys.executable, "-c", "import time\nwhile True: time.sleep(1)"],
+            [sys.executable, "-c", sleeper, "--grandchild-of", os.path.abspath(options.history), str(os.getpid())],
             stdin=subprocess.DEVNULL,
         ).pid
         for _ in range(options.fork)
     ]
+    switch = os.path.join(os.path.dirname(os.path.abspath(options.history)), "ignore-term")
 
     def stop(signum, frame):
+        if os.path.exists(switch):
+            record(options.history, "ignored", why=f"signal {signum}")
+            return
         record(options.history, "end", why=f"signal {signum}")
         os._exit(0)
 
