@@ -86,6 +86,12 @@ RECLAIM = Script(
     """
 -- KEYS[1] lock, KEYS[2] fencing counter; ARGV[1] holder id, ARGV[2] ttl ms,
 -- ARGV[3] the token our running child holds.  Same reply shape as acquire.
+-- A counter above our token means another node acquired since Redis lost
+-- our key: our lease did not continue, so it cannot be taken back.
+local current = tonumber(redis.call('GET', KEYS[2]) or '0')
+if current > tonumber(ARGV[3]) then
+  return {0, current, redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[1])}
+end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local token = tonumber(ARGV[3])
   if tonumber(redis.call('GET', KEYS[2]) or '0') < token then

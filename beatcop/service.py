@@ -484,7 +484,10 @@ class BeatCopService(service.Service):
         if attempt.acquired:
             self._leaseProven(sentAt)
         else:
-            self._leaseLost(f"the lock was taken by {attempt.holder} while Redis had lost it")
+            self._leaseLost(
+                f"another node acquired the lock (token {attempt.token}) while Redis had lost it"
+                + (f"; {attempt.holder} holds it" if attempt.holder else "")
+            )
 
     def _refreshFailed(self, failure):
         failure.trap(BeatCopError)

@@ -474,17 +474,21 @@ class ReclaimTests(RealRedisMixin, TestCase):
         self.assertEqual(attempt.token, 6)
 
     @defer.inlineCallbacks
-    def test_reclaimLeavesHigherCounter(self):
+    def test_reclaimRefusedWhenAnotherNodeAcquiredMeanwhile(self):
         """
-        A counter already above our token stays where it is; we keep ours.
+        A counter above our token means another node acquired after Redis
+        lost our key (and has perhaps released it since): our lease did not
+        continue, so reclaim refuses, leaving the key free and the counter
+        where it is.
         """
         lock = self.makeLock()
         yield lock.acquire()
         self.redis.delete(LOCK)
         self.redis.set(fencingKeyFor(LOCK), 10)
         attempt = yield lock.reclaim()
-        self.assertTrue(attempt.acquired)
-        self.assertEqual((attempt.token, lock.token), (1, 1))
+        self.assertFalse(attempt.acquired)
+        self.assertEqual((attempt.token, lock.token), (10, 1))
+        self.assertIsNone(self.redis.get(LOCK))
         self.assertEqual(self.redis.get(fencingKeyFor(LOCK)), "10")
 
     @defer.inlineCallbacks
