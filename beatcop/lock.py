@@ -12,7 +12,11 @@ nodes can break it:
   - refresh: C{PEXPIRE} only if the key still holds our id;
   - reclaim: after Redis lost the key while we held it (a restart without
     persistence), take it back with the token our child already has, never a
-    smaller counter than that;
+    smaller counter than that, and only if no other node acquired meanwhile;
+  - a standby that finds the fencing counter gone although it saw a token
+    knows Redis lost its data: instead of acquiring (while the holder may
+    still run its command) it blocks the lock for one lease with a
+    placeholder (C{LOST_DATA}) that only the holder's reclaim replaces;
   - release: C{DEL} only if the key still holds our id.
 
 Scripts run by EVALSHA and fall back to EVAL on NOSCRIPT (Redis restarted or
@@ -67,9 +71,19 @@ ACQUIRE = Script(
 -- KEYS[1] lock, KEYS[2] fencing counter; ARGV[1] holder id, ARGV[2] ttl ms,
 -- ARGV[3] the highest token this node has seen (0 if none): the counter never
 -- goes below it, so tokens keep growing even if Redis lost the counter.
+local floor = tonumber(ARGV[3])
+if floor > 0 and not redis.call('GET', KEYS[2]) then
+  -- The counter is gone although this node saw a token: Redis lost its data
+  -- (restarted empty, failed over to a stale replica).  The holder may still
+  -- run its command without knowing yet.  Restore the counter and block the
+  -- lock for one lease with a placeholder that only the holder's reclaim may
+  -- replace; if the holder is gone, it expires and the standbys take over.
+  redis.call('SET', KEYS[2], floor)
+  redis.call('SET', KEYS[1], 'beatcop:lost-data', 'NX', 'PX', ARGV[2])
+  return {0, floor, redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[1])}
+end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local token = redis.call('INCR', KEYS[2])
-  local floor = tonumber(ARGV[3])
   if token <= floor then
     token = floor + 1
     redis.call('SET', KEYS[2], token)
@@ -92,6 +106,10 @@ local current = tonumber(redis.call('GET', KEYS[2]) or '0')
 if current > tonumber(ARGV[3]) then
   return {0, current, redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[1])}
 end
+-- A standby's placeholder after data loss (see acquire) is ours to replace.
+if redis.call('GET', KEYS[1]) == 'beatcop:lost-data' then
+  redis.call('DEL', KEYS[1])
+end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local token = tonumber(ARGV[3])
   if tonumber(redis.call('GET', KEYS[2]) or '0') < token then
@@ -107,11 +125,12 @@ return {0, fence, redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[1])}
 REFRESH = Script(
     "refresh",
     """
--- 1: refreshed; 0: the key is gone; -1: someone else holds it.
+-- 1: refreshed; 0: the key is gone (or a standby's placeholder after data
+-- loss stands in its place: the holder reclaims); -1: someone else holds it.
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-elseif holder then
+elseif holder and holder ~= 'beatcop:lost-data' then
   return -1
 end
 return 0
@@ -134,6 +153,10 @@ end
 return 0
 """,
 )
+
+
+# The lock's value while a standby holds it back after Redis lost its data.
+LOST_DATA = "beatcop:lost-data"
 
 
 class RefreshOutcome(enum.Enum):

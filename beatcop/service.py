@@ -48,7 +48,7 @@ from .errors import (
     RedisProtocolError,
     RedisUnreachable,
 )
-from .lock import RedisLock, RefreshOutcome
+from .lock import LOST_DATA, RedisLock, RefreshOutcome
 from .notify import ReleaseListener
 from .redisconn import RedisClient
 
@@ -380,6 +380,13 @@ class BeatCopService(service.Service):
             self._leaseProven(sentAt)
             self._startChild()
             return
+        if attempt.holder == LOST_DATA:
+            self.log.warn(
+                "Redis lost its data (the fencing counter of {lock} is gone): holding the lock back for"
+                " {pttl} ms so that a holder that is still running can reclaim it first",
+                lock=self.lock.lockName,
+                pttl=attempt.pttl,
+            )
         self._scheduleAttempt(self._nextAttemptDelay(attempt.pttl))
 
     def _nextAttemptDelay(self, pttl):

@@ -262,6 +262,27 @@ def test_redis_restarted_empty_is_survived(makeCluster, redisServer):
     assert "reclaiming it with token" in node.log()
 
 
+def test_redis_restarted_empty_with_standbys_keeps_one_command(makeCluster, redisServer):
+    """
+    Redis restarts empty while a holder runs its command and standbys wait:
+    a standby must not start a second command.  The first standby to try
+    sees the fencing counter gone (data lost), holds the lock back for a
+    lease, and the holder reclaims it; the command never stops.
+    """
+    cluster = makeCluster()
+    cluster.startNodes(3)
+    holder, first = cluster.holder()
+    watch(cluster, TTL)  # every standby has seen the token
+    redisServer.restart()
+    client = redisServer.client()
+    waitUntil(lambda: client.get("beatcop-test") == first["holder"], 5, what=f"the lock reclaimed\n{cluster.logs()}")
+    watch(cluster, 2 * TTL)
+    assert cluster.alive() == [first["pid"]], cluster.logs()
+    assert len(cluster.events("start")) == 1, cluster.logs()
+    assert all(node.running for node in cluster.nodes), cluster.logs()
+    cluster.assertNoOverlap()
+
+
 def test_script_flush_is_survived(makeCluster, redisServer):
     """
     Redis forgets the scripts (SCRIPT FLUSH, as after a failover): the next

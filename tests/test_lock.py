@@ -21,6 +21,7 @@ from beatcop.config import RedisConfig
 from beatcop.errors import RedisProtocolError
 from beatcop.lock import (
     ACQUIRE,
+    LOST_DATA,
     RECLAIM,
     REFRESH,
     RELEASE,
@@ -404,7 +405,9 @@ class FencingTests(RealRedisMixin, TestCase):
     def test_floorAfterFlushForPreviousHolder(self):
         """
         After Redis lost everything (FLUSHALL), an instance that held token N
-        acquires with a token above N, and the counter follows.
+        does not acquire at once (the counter's absence says data was lost):
+        it restores the counter to N and holds the lock back for one lease;
+        once that expires it acquires above N, and the counter follows.
         """
         self.redis.set(fencingKeyFor(LOCK), 41)
         lock = self.makeLock()
@@ -412,17 +415,26 @@ class FencingTests(RealRedisMixin, TestCase):
         self.assertEqual(lock.token, 42)
         self.redis.flushall()
         attempt = yield lock.acquire()
+        self.assertFalse(attempt.acquired)
+        self.assertEqual((attempt.holder, attempt.token), (LOST_DATA, 42))
+        self.assertTrue(TTL - SLACK <= attempt.pttl <= TTL)
+        self.assertEqual(self.redis.get(fencingKeyFor(LOCK)), "42")
+        self.redis.delete(LOCK)  # the placeholder expired
+        attempt = yield lock.acquire()
         self.assertTrue(attempt.acquired)
         self.assertEqual((attempt.token, lock.token, lock.highestToken), (43, 43, 43))
         self.assertEqual(self.redis.get(fencingKeyFor(LOCK)), "43")
+        yield lock.release()
         attempt = yield self.makeLock().acquire()  # the counter carries on from there
-        self.assertEqual(attempt.token, 43)
+        self.assertEqual(attempt.token, 44)
 
     @defer.inlineCallbacks
-    def test_floorAfterFlushForStandby(self):
+    def test_afterDataLossTheHolderReclaimsBeforeAnyStandby(self):
         """
-        An instance that only I{saw} token N (a failed attempt while another
-        held it) also acquires above N after FLUSHALL.
+        A standby that saw token N finds the counter gone: it blocks the lock
+        with a placeholder instead of acquiring, so the holder, whose command
+        still runs, finds its key "gone" at its next refresh and reclaims it
+        with its own token, replacing the placeholder.
         """
         self.redis.set(fencingKeyFor(LOCK), 6)
         holder, standby = self.makeLock(), self.makeLock()
@@ -431,6 +443,33 @@ class FencingTests(RealRedisMixin, TestCase):
         self.assertFalse(attempt.acquired)
         self.assertEqual(standby.highestToken, 7)
         self.redis.flushall()
+        attempt = yield standby.acquire()
+        self.assertFalse(attempt.acquired)
+        self.assertEqual(attempt.holder, LOST_DATA)
+        self.assertEqual(self.redis.get(fencingKeyFor(LOCK)), "7")
+        self.assertEqual((yield holder.refresh()), RefreshOutcome.GONE)
+        attempt = yield holder.reclaim()
+        self.assertTrue(attempt.acquired)
+        self.assertEqual(attempt.token, 7)
+        self.assertEqual(self.redis.get(LOCK), holder.holderId)
+        attempt = yield standby.acquire()
+        self.assertFalse(attempt.acquired)
+        self.assertEqual(attempt.holder, holder.holderId)
+
+    @defer.inlineCallbacks
+    def test_floorAfterFlushForStandbyOnceThePlaceholderExpired(self):
+        """
+        When the holder is gone too, the placeholder expires and the standby
+        acquires above the token it saw.
+        """
+        self.redis.set(fencingKeyFor(LOCK), 6)
+        holder, standby = self.makeLock(), self.makeLock()
+        yield holder.acquire()
+        yield standby.acquire()
+        self.redis.flushall()
+        attempt = yield standby.acquire()
+        self.assertEqual(attempt.holder, LOST_DATA)
+        self.redis.delete(LOCK)
         attempt = yield standby.acquire()
         self.assertTrue(attempt.acquired)
         self.assertEqual(attempt.token, 8)
