@@ -580,3 +580,32 @@ def test_twistd_lists_and_documents_the_plugin():
                    "--reply-timeout", "--connect-timeout", "--kill-grace", "--safety-margin", "--stop-signal",
                    "--on-exit", "--restart-delay", "--shell", "78 bad configuration"):
         assert option in documented.stdout, option
+
+
+def test_embedding_example_tac_runs_the_node(workdir, redisServer):
+    """
+    C{examples/beatcop.tac}: the node as an ordinary service in an
+    application of one's own, run by C{twistd -ny}.
+    """
+    from .history import readHistory
+    from .nodes import REPOSITORY
+
+    history = os.path.join(workdir, "history.jsonl")
+    path = writeConfig(
+        os.path.join(workdir, "embedded.ini"),
+        {"url": redisServer.url},
+        {"timeout": "1500", "lockname": "embedded", "command": recorderCommand(history)},
+    )
+    argv = twistdArgv()[:3] + ["-ny", os.path.join(REPOSITORY, "examples", "beatcop.tac"), "--pidfile="]
+    node = Node("tac", workdir, argv, nodeEnvironment("tac", BEATCOP_CONFIG=path)).start()
+    try:
+        waitUntil(lambda: readHistory(history), 10, what=f"the command to start\n{node.log()}")
+        start = readHistory(history)[0]
+        assert redisServer.client().get("embedded") == start["holder"]
+        node.send(signal.SIGTERM)
+        node.wait(5)
+        waitUntil(lambda: not _alive(start["pid"]), 3, what="the command to stop")
+        assert redisServer.client().get("embedded") is None, node.log()
+        assert "Released lock embedded" in node.log()
+    finally:
+        node.cleanup()
