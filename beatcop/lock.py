@@ -25,6 +25,7 @@ failed over and lost its script cache), which also loads them again.
 
 import binascii
 import enum
+import json
 import hashlib
 import itertools
 import os
@@ -32,6 +33,7 @@ import secrets
 import socket
 from dataclasses import dataclass
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from .errors import RedisProtocolError
@@ -68,10 +70,27 @@ class Script:
 ACQUIRE = Script(
     "acquire",
     """
--- KEYS[1] lock, KEYS[2] fencing counter; ARGV[1] holder id, ARGV[2] ttl ms,
--- ARGV[3] the highest token this node has seen (0 if none): the counter never
--- goes below it, so tokens keep growing even if Redis lost the counter.
+-- KEYS[1] lock, KEYS[2] fencing counter, KEYS[3] registry, KEYS[4] pause
+-- flag; ARGV[1] holder id, ARGV[2] ttl ms, ARGV[3] the highest token this
+-- node has seen (0 if none): the counter never goes below it, so tokens keep
+-- growing even if Redis lost the counter.
+local function register()
+  -- KEYS[3] the node registry (a hash: holder id -> "seen-ms state-json"),
+  -- ARGV[4] this node's state as JSON ('' to skip), ARGV[5] ms the
+  -- registry outlives its last writer.  Seen-time is Redis's clock, the one
+  -- clock every node and the status command share.
+  if ARGV[4] == '' then return end
+  if redis.replicate_commands then redis.replicate_commands() end
+  local t = redis.call('TIME')
+  redis.call('HSET', KEYS[3], ARGV[1], (t[1] * 1000 + math.floor(t[2] / 1000)) .. ' ' .. ARGV[4])
+  redis.call('PEXPIRE', KEYS[3], ARGV[5])
+end
+register()
 local floor = tonumber(ARGV[3])
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  -- Paused by an operator: nobody acquires until resumed.
+  return {0, tonumber(redis.call('GET', KEYS[2]) or '0'), -3, 'beatcop:paused'}
+end
 if floor > 0 and not redis.call('GET', KEYS[2]) then
   -- The counter is gone although this node saw a token: Redis lost its data
   -- (restarted empty, failed over to a stale replica).  The holder may still
@@ -100,6 +119,8 @@ RECLAIM = Script(
     """
 -- KEYS[1] lock, KEYS[2] fencing counter; ARGV[1] holder id, ARGV[2] ttl ms,
 -- ARGV[3] the token our running child holds.  Same reply shape as acquire.
+-- (Not refused while paused: the holder stops its command on its next
+-- refresh anyway, and reclaiming keeps that stop orderly.)
 -- A counter above our token means another node acquired since Redis lost
 -- our key: our lease did not continue, so it cannot be taken back.
 local current = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -125,15 +146,59 @@ return {0, fence, redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[1])}
 REFRESH = Script(
     "refresh",
     """
--- 1: refreshed; 0: the key is gone (or a standby's placeholder after data
--- loss stands in its place: the holder reclaims); -1: someone else holds it.
+-- KEYS[1] lock, KEYS[3] registry, KEYS[4] pause flag, KEYS[5] handover
+-- request.  1: refreshed; 2: refreshed, and an operator asked this holder
+-- to hand over; 3: refreshed, and an operator paused the command; 0: the key
+-- is gone (or a standby's placeholder after data loss stands in its place:
+-- the holder reclaims); -1: someone else holds it.
+local function register()
+  -- KEYS[3] the node registry (a hash: holder id -> "seen-ms state-json"),
+  -- ARGV[4] this node's state as JSON ('' to skip), ARGV[5] ms the
+  -- registry outlives its last writer.  Seen-time is Redis's clock, the one
+  -- clock every node and the status command share.
+  if ARGV[4] == '' then return end
+  if redis.replicate_commands then redis.replicate_commands() end
+  local t = redis.call('TIME')
+  redis.call('HSET', KEYS[3], ARGV[1], (t[1] * 1000 + math.floor(t[2] / 1000)) .. ' ' .. ARGV[4])
+  redis.call('PEXPIRE', KEYS[3], ARGV[5])
+end
+register()
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  if redis.call('EXISTS', KEYS[4]) == 1 then
+    return 3
+  end
+  if redis.call('GET', KEYS[5]) == ARGV[1] then
+    redis.call('DEL', KEYS[5])
+    return 2
+  end
+  return 1
 elseif holder and holder ~= 'beatcop:lost-data' then
   return -1
 end
 return 0
+""",
+)
+
+REGISTER = Script(
+    "register",
+    """
+-- Same keys and arguments as acquire and refresh: record this node's state
+-- in the registry now (on a change of state, between attempts/refreshes).
+local function register()
+  -- KEYS[3] the node registry (a hash: holder id -> "seen-ms state-json"),
+  -- ARGV[4] this node's state as JSON ('' to skip), ARGV[5] ms the
+  -- registry outlives its last writer.  Seen-time is Redis's clock, the one
+  -- clock every node and the status command share.
+  if ARGV[4] == '' then return end
+  if redis.replicate_commands then redis.replicate_commands() end
+  local t = redis.call('TIME')
+  redis.call('HSET', KEYS[3], ARGV[1], (t[1] * 1000 + math.floor(t[2] / 1000)) .. ' ' .. ARGV[4])
+  redis.call('PEXPIRE', KEYS[3], ARGV[5])
+end
+register()
+return 1
 """,
 )
 
@@ -159,10 +224,17 @@ return 0
 LOST_DATA = "beatcop:lost-data"
 
 
+# The lock's value in an acquisition's reply while an operator paused it.
+PAUSED = "beatcop:paused"
+
+
 class RefreshOutcome(enum.Enum):
     REFRESHED = "refreshed"
     GONE = "gone"
     TAKEN = "taken"
+    # Refreshed, and an operator asked for a handover / paused the command.
+    HANDOVER = "handover"
+    PAUSED = "paused"
 
 
 @dataclass(frozen=True)
@@ -232,6 +304,28 @@ def fencingKeyFor(lockName):
     return _companionName(lockName, "fence")
 
 
+def registryKeyFor(lockName):
+    """
+    The hash in which every node of the lock says who it is and what it
+    does (for C{beatcop status}).
+    """
+    return _companionName(lockName, "nodes")
+
+
+def pauseKeyFor(lockName):
+    """
+    Present while an operator has paused the command (C{beatcop pause}).
+    """
+    return _companionName(lockName, "paused")
+
+
+def handoverKeyFor(lockName):
+    """
+    The holder id an operator asked to hand over (C{beatcop handover}).
+    """
+    return _companionName(lockName, "handover")
+
+
 def releaseChannelFor(lockName):
     """
     The pub/sub channel on which a holder announces that it released the
@@ -258,11 +352,17 @@ class RedisLock:
 
     log = Logger()
 
-    def __init__(self, client, lockName, ttl, holderId=None, useEvalSha=True, notify=True):
+    def __init__(self, client, lockName, ttl, holderId=None, useEvalSha=True, notify=True,
+                 describe=None, registryKeep=None):
         """
         @param client: a L{beatcop.redisconn.RedisClient} (or anything with
             its C{execute}).
         @param ttl: lease time-to-live in milliseconds.
+        @param describe: returns this node's state (a JSON-able dict) to
+            record in the node registry with every acquisition attempt and
+            refresh; C{None} not to register.
+        @param registryKeep: ms the registry outlives its last write
+            (default three TTLs).
         """
         self.client = client
         self.lockName = lockName
@@ -271,12 +371,21 @@ class RedisLock:
         self.ttl = int(ttl)
         self.holderId = holderId or newHolderId()
         self.useEvalSha = useEvalSha
+        self.describe = describe
+        self.registryKeep = int(registryKeep or 3 * self.ttl)
+        self.registryKey = registryKeyFor(lockName)
+        self.pauseKey = pauseKeyFor(lockName)
+        self.handoverKey = handoverKeyFor(lockName)
         self.token = None
         self.highestToken = 0
 
-    def _run(self, script, *args):
+    def _keys(self):
+        return (self.lockName, self.fencingKey, self.registryKey, self.pauseKey, self.handoverKey)
+
+    def _run(self, script, extra=0):
+        info = json.dumps(self.describe(), sort_keys=True) if self.describe is not None else ""
         return script(
-            self.client, (self.lockName, self.fencingKey), (self.holderId, self.ttl) + args, self.useEvalSha
+            self.client, self._keys(), (self.holderId, self.ttl, extra, info, self.registryKeep), self.useEvalSha
         )
 
     def acquire(self):
@@ -323,6 +432,10 @@ class RedisLock:
                 return RefreshOutcome.GONE
             if reply == -1:
                 return RefreshOutcome.TAKEN
+            if reply == 2:
+                return RefreshOutcome.HANDOVER
+            if reply == 3:
+                return RefreshOutcome.PAUSED
             raise RedisProtocolError(f"unexpected reply to the refresh script: {reply!r}")
 
         return self._run(REFRESH).addCallback(outcome)
@@ -339,3 +452,23 @@ class RedisLock:
             self.client, (self.lockName,), (self.holderId, self.releaseChannel or ""), self.useEvalSha
         )
         return d.addCallback(lambda deleted: bool(deleted))
+
+    def register(self):
+        """
+        Record this node's state in the registry now (attempts and refreshes
+        do it anyway; this is for changes of state in between).
+
+        @return: a Deferred firing when done.
+        """
+        if self.describe is None:
+            return defer.succeed(None)
+        return self._run(REGISTER)
+
+    def leave(self):
+        """
+        Remove this node from the registry (a node that stops cleanly); a
+        node that dies is dropped by readers once its entry is stale.
+
+        @return: a Deferred firing when done.
+        """
+        return self.client.execute("HDEL", self.registryKey, self.holderId)

@@ -33,12 +33,14 @@ lease whose continuity can no longer be proven.
 import enum
 import os
 import random
+import socket
 import time
 
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from . import __version__
 from .child import ChildProcess
 from .errors import (
     EX_OK,
@@ -48,7 +50,7 @@ from .errors import (
     RedisProtocolError,
     RedisUnreachable,
 )
-from .lock import LOST_DATA, RedisLock, RefreshOutcome
+from .lock import LOST_DATA, PAUSED, RedisLock, RefreshOutcome
 from .notify import ReleaseListener
 from .redisconn import RedisClient
 
@@ -148,6 +150,11 @@ class BeatCopService(service.Service):
         # A standby ignores release notifications before this (reactor
         # seconds): after handing the lock over, the others go first.
         self._notBefore = 0.0
+        # Why the command is being stopped while the node stays (an
+        # operator's "handover" or "paused"), or None.
+        self._operatorStop = None
+        self._holdingSince = None
+        self._pausedSeen = False
         self.state = NodeState.STOPPED
         self.exitCode = None
         self.child = None
@@ -160,6 +167,7 @@ class BeatCopService(service.Service):
         self._restartDelay = config.restartDelay / 1000.0
         self._refreshLoop = None
         self._finishedWaiters = []
+        self._closed = False
         self._redisFailing = False
 
     # -- public API ------------------------------------------------------
@@ -173,9 +181,10 @@ class BeatCopService(service.Service):
 
     def whenFinished(self):
         """
-        @return: a Deferred firing with the exit code once the node is done.
+        @return: a Deferred firing with the exit code once the node is done
+            (its connections closed).
         """
-        if self.state is NodeState.FINISHED:
+        if self._closed:
             return defer.succeed(self.exitCode)
         d = defer.Deferred()
         self._finishedWaiters.append(d)
@@ -200,6 +209,7 @@ class BeatCopService(service.Service):
         @return: a Deferred that fires (never fails) once the node is done.
         """
         super().stopService()
+        self._operatorStop = None
         state = self.state
         if state is NodeState.STANDBY and self._acquiring is not None:
             self.log.info("Stopping: waiting for the answer to the acquisition in flight")
@@ -212,6 +222,22 @@ class BeatCopService(service.Service):
         elif state is NodeState.RESTARTING:
             self._release()
         return self.whenFinished().addCallback(lambda _: None)
+
+    def describe(self):
+        """
+        What this node is doing, as recorded in the node registry for
+        C{beatcop status} (wall-clock times, for people).
+        """
+        holding = self.state in _HOLDING or self.state is NodeState.RELEASING
+        return {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "state": self.state.value,
+            "token": self.lock.token if holding and self.lock is not None else None,
+            "since": self._holdingSince if holding else None,
+            "command_pid": self.child.commandPid if self.child is not None else None,
+            "version": __version__,
+        }
 
     def forwardSignal(self, sig):
         """
@@ -229,6 +255,8 @@ class BeatCopService(service.Service):
         if newState not in _TRANSITIONS[self.state]:
             raise RuntimeError(f"BeatCop bug: no transition from {self.state.name} to {newState.name}")
         self.state = newState
+        if newState in (NodeState.STANDBY, NodeState.RUNNING, NodeState.STOPPING):
+            self._register()
         if newState in _HOLDING:
             self._startRefreshing()
         else:
@@ -259,16 +287,40 @@ class BeatCopService(service.Service):
             if call is not None and call.active():
                 call.cancel()
         self.log.info("Finished ({why}), exit code {code}", why=why, code=exitCode)
-        closing = self.client.close() if self._client is not None else defer.succeed(None)
+        if self._client is not None:
+            closing = self._leave()
+            closing.addBoth(lambda _: self.client.close())
+        else:
+            closing = defer.succeed(None)
         if self._listener is not None:
             closing = defer.gatherResults([closing, self._listener.stop()], consumeErrors=True)
 
         def notify(_):
+            self._closed = True
             waiters, self._finishedWaiters = self._finishedWaiters, []
             for waiter in waiters:
                 waiter.callback(exitCode)
 
         closing.addBoth(notify)
+
+    def _register(self):
+        """
+        Tell the registry about a change of state at once (best effort;
+        the next attempt or refresh does it anyway).
+        """
+        register = getattr(self.lock, "register", None)
+        if register is not None and self._client is not None and self.client.connected:
+            register().addErrback(lambda failure: None)
+
+    def _leave(self):
+        """
+        Take this node out of the registry on the way out, if Redis answers
+        (best effort: a stale entry is dropped by readers anyway).
+        """
+        leave = getattr(self.lock, "leave", None)
+        if leave is None or not self.client.connected:
+            return defer.succeed(None)
+        return leave().addErrback(lambda failure: None)
 
     # -- start-up --------------------------------------------------------
 
@@ -286,7 +338,15 @@ class BeatCopService(service.Service):
 
     def _makeLock(self):
         if self.lock is None:
-            self.lock = RedisLock(self.client, self.config.lockName, self.config.ttl, notify=self.config.notify)
+            config = self.config
+            self.lock = RedisLock(
+                self.client,
+                config.lockName,
+                config.ttl,
+                notify=config.notify,
+                describe=self.describe,
+                registryKeep=3 * max(config.ttl, config.standbyMaxWait or config.ttl),
+            )
         return self.lock
 
     @defer.inlineCallbacks
@@ -377,9 +437,17 @@ class BeatCopService(service.Service):
                 token=attempt.token,
             )
             self._moveTo(NodeState.STARTING)
+            self._holdingSince = time.time()
+            self._pausedSeen = False
             self._leaseProven(sentAt)
             self._startChild()
             return
+        if attempt.holder == PAUSED:
+            if not self._pausedSeen:
+                self._pausedSeen = True
+                self.log.warn("Lock {lock} is paused by an operator; waiting for beatcop resume", lock=self.lock.lockName)
+        else:
+            self._pausedSeen = False
         if attempt.holder == LOST_DATA:
             self.log.warn(
                 "Redis lost its data (the fencing counter of {lock} is gone): holding the lock back for"
@@ -471,6 +539,9 @@ class BeatCopService(service.Service):
             return None
         if outcome is RefreshOutcome.REFRESHED:
             self._leaseProven(sentAt)
+        elif outcome in (RefreshOutcome.HANDOVER, RefreshOutcome.PAUSED):
+            self._leaseProven(sentAt)
+            self._stopForOperator(outcome)
         elif outcome is RefreshOutcome.TAKEN:
             self._leaseLost("the lock is held by another node")
         else:
@@ -484,6 +555,26 @@ class BeatCopService(service.Service):
             d.addCallbacks(self._reclaimed, self._refreshFailed, callbackArgs=(reclaimSentAt,))
             return d
         return None
+
+    def _stopForOperator(self, outcome):
+        """
+        An operator asked (through Redis, see L{beatcop.control}) that this
+        holder hand over or that the command pause: stop the command,
+        release the lock, and stand by.
+        """
+        if self._operatorStop is not None or self.state not in (
+            NodeState.STARTING, NodeState.RUNNING, NodeState.RESTARTING
+        ):
+            return
+        self._operatorStop = outcome
+        if outcome is RefreshOutcome.PAUSED:
+            self.log.warn("Paused by an operator: stopping the command and releasing the lock")
+        else:
+            self.log.info("Handover asked by an operator: stopping the command and releasing the lock")
+        if self.state is NodeState.RESTARTING:
+            self._release(handover=True)
+        else:
+            self._stopChild()
 
     def _reclaimed(self, attempt, sentAt):
         if not self.holdsLease or self._enforceStopPoint():
@@ -656,7 +747,7 @@ class BeatCopService(service.Service):
             if self.provenUntil is None:
                 self._finish(self.exitCode if self.exitCode is not None else EX_UNAVAILABLE, "lease lost")
             else:
-                self._release()
+                self._release(handover=self._operatorStop is not None)
             return
         if self.state not in (NodeState.STARTING, NodeState.RUNNING):
             return
@@ -726,8 +817,14 @@ class BeatCopService(service.Service):
 
         def done(_):
             self.provenUntil = None
+            operatorStop, self._operatorStop = self._operatorStop, None
+            self._holdingSince = None
             if handover and self.running:
                 self._moveTo(NodeState.STANDBY)
+                if operatorStop is RefreshOutcome.PAUSED:
+                    # The acquisition will say "paused" until resumed.
+                    self._scheduleAttempt(self._nextAttemptDelay(-3))
+                    return
                 # Give the other nodes a whole lease to take it first.
                 wait = self.config.ttl / 1000.0
                 self._notBefore = self._reactor.seconds() + wait

@@ -779,7 +779,7 @@ class UnexpectedReplyTests(SynchronousTestCase):
         self.assertEqual(lock.token, 3)
 
     def test_refresh(self):
-        for reply in [2, -2, "OK", None, [1]]:
+        for reply in [4, -2, "OK", None, [1]]:
             lock = RedisLock(FakeClient(reply), LOCK, 1000)
             failure = self.failureResultOf(lock.refresh(), RedisProtocolError)
             self.assertIn("unexpected reply to the refresh script", str(failure.value))
@@ -807,4 +807,8 @@ class UnexpectedReplyTests(SynchronousTestCase):
         self.assertEqual(shaArgs[0], REFRESH.sha)
         self.assertEqual(evalArgs[0], REFRESH.source)
         self.assertEqual(shaArgs[1:], evalArgs[1:])
-        self.assertEqual(evalArgs[1:], [2, LOCK, fencingKeyFor(LOCK), "h", 1000])
+        self.assertEqual(
+            evalArgs[1:],
+            [5, LOCK, fencingKeyFor(LOCK), "{%s}:nodes" % LOCK, "{%s}:paused" % LOCK, "{%s}:handover" % LOCK,
+             "h", 1000, 0, "", 3000],
+        )

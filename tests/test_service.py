@@ -15,6 +15,7 @@ is C{s + 4.9}.
 """
 
 import dataclasses
+import os
 import signal
 
 from twisted.internet import defer
@@ -1157,3 +1158,70 @@ class StopServiceTests(ServiceTestCase):
         self.node.stopService().addCallback(stopped.append)
         self.assertEqual(stopped, [None])
         self.assertFinished(3)
+
+
+class OperatorTests(ServiceTestCase):
+    """
+    C{beatcop pause} and C{beatcop handover} reach the holder as the answer
+    to its next refresh.
+    """
+
+    def test_handoverStopsReleasesAndWaitsATtl(self):
+        child = self.runningAt(10.0)
+        self.advanceTo(11.0)
+        self.lock.answer("refresh", RefreshOutcome.HANDOVER)
+        self.assertEqual(child.stops, [(11.0, GRACE)])
+        self.assertEqual(self.node.state, NodeState.STOPPING)
+        self.advanceTo(11.2)
+        child.exit(code=0)
+        self.assertTimes(self.lock.sent("release"), [11.2])
+        self.lock.answer("release", True)
+        self.assertEqual(self.node.state, NodeState.STANDBY)
+        self.assertNotFinished()
+        # The others go first: no attempt, even on a release announcement,
+        # for a whole TTL.
+        self.listeners[0].announce(OTHER)
+        self.advanceTo(11.2 + TTL - 0.001)
+        self.assertEqual(self.lock.sent("acquire"), [10.0])
+        self.advanceTo(11.2 + TTL)
+        self.assertTimes(self.lock.sent("acquire"), [10.0, 16.2])
+
+    def test_pauseStopsReleasesAndPollsAtMaximumWait(self):
+        child = self.runningAt(10.0)
+        self.advanceTo(11.0)
+        self.lock.answer("refresh", RefreshOutcome.PAUSED)
+        self.assertEqual(self.node.state, NodeState.STOPPING)
+        child.exit(signal=15)
+        self.lock.answer("release", True)
+        self.assertEqual(self.node.state, NodeState.STANDBY)
+        self.advanceTo(11.0 + TTL)
+        self.assertTimes(self.lock.sent("acquire"), [10.0, 16.0])
+        self.lock.answer("acquire", Attempt(False, 7, -3, "beatcop:paused"))
+        self.advanceTo(16.0 + TTL)
+        self.assertTimes(self.lock.sent("acquire"), [10.0, 16.0, 21.0])
+        self.assertNotFinished()
+
+    def test_refreshesWhileStoppingForAnOperatorDoNotStopTwice(self):
+        child = self.runningAt(10.0)
+        self.advanceTo(11.0)
+        self.lock.answer("refresh", RefreshOutcome.PAUSED)
+        self.advanceTo(12.0)
+        self.lock.answer("refresh", RefreshOutcome.PAUSED)
+        self.assertEqual(child.stops, [(11.0, GRACE)])
+
+    def test_stopServiceDuringAnOperatorStopFinishes(self):
+        child = self.runningAt(10.0)
+        self.advanceTo(11.0)
+        self.lock.answer("refresh", RefreshOutcome.HANDOVER)
+        self.node.stopService()
+        child.exit(code=0)
+        self.lock.answer("release", True)
+        self.assertEqual(self.exitCodes, [EX_OK])
+
+    def test_describeSaysWhatTheNodeDoes(self):
+        self.runningAt(10.0)
+        info = self.node.describe()
+        self.assertEqual(info["state"], "running")
+        self.assertEqual(info["token"], 7)
+        self.assertIsNotNone(info["since"])
+        self.assertEqual(info["pid"], os.getpid())
