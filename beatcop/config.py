@@ -235,6 +235,12 @@ class Config:
     @ivar notify: publish a message when the lock is released, and listen
         for it while standing by, so that a standby takes over at once
         (off for proxies without pub/sub; standbys then only poll).
+    @ivar metricsPort: serve Prometheus metrics and a health check over
+        HTTP on this TCP port (C{None}: off).
+    @ivar metricsAddress: the address that listener binds.
+    @ivar childOutput: C{"inherit"} (the command writes to BeatCop's own
+        stdout/stderr) or C{"log"} (each line becomes a log event labelled
+        with the stream, kept apart from BeatCop's own by its namespace).
     @ivar standbyMaxWait: the longest a standby waits between two attempts
         (it normally tries again right when the holder's lease can expire);
         C{None} means the TTL.
@@ -262,6 +268,9 @@ class Config:
     restartMaxDelay: int = DEFAULT_RESTART_MAX_DELAY
     notify: bool = True
     standbyMaxWait: int | None = None
+    metricsPort: int | None = None
+    metricsAddress: str = "127.0.0.1"
+    childOutput: str = "inherit"
     environment: Mapping[str, str] = Environment()
     source: str = ""
     warnings: tuple[str, ...] = ()
@@ -324,6 +333,9 @@ BEATCOP_KEYS = frozenset(
         "restart_max_delay",
         "notify",
         "standby_max_wait",
+        "metrics_port",
+        "metrics_address",
+        "child_output",
     }
 )
 _KNOWN_KEYS = {"redis": REDIS_KEYS, "beatcop": BEATCOP_KEYS}
@@ -694,6 +706,21 @@ def loadConfig(path=None, overrides=None, checkProgram=True):
 
     notify = reader.boolean("beatcop", "notify", True)
     standbyMaxWait = reader.milliseconds("beatcop", "standby_max_wait", ttl)
+    metricsPort = None
+    if reader.text("beatcop", "metrics_port") is not None:
+        metricsPort = _parsePort(
+            reader.text("beatcop", "metrics_port"), lambda problem: reader.fail("beatcop", "metrics_port", problem)
+        )
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            reader.fail(
+                "beatcop", "metrics_port", "needs the prometheus_client library: pip install 'beatcop[metrics]'"
+            )
+    metricsAddress = reader.text("beatcop", "metrics_address") or "127.0.0.1"
+    childOutput = (reader.text("beatcop", "child_output") or "inherit").lower()
+    if childOutput not in ("inherit", "log"):
+        reader.fail("beatcop", "child_output", f"not inherit or log: {childOutput!r}")
 
     environment = _readEnvironment(reader)
     if checkProgram:
@@ -714,6 +741,9 @@ def loadConfig(path=None, overrides=None, checkProgram=True):
         restartMaxDelay=restartMaxDelay,
         notify=notify,
         standbyMaxWait=standbyMaxWait,
+        metricsPort=metricsPort,
+        metricsAddress=metricsAddress,
+        childOutput=childOutput,
         environment=environment,
         source=source,
         warnings=tuple(reader.warnings),

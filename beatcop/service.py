@@ -94,6 +94,37 @@ _TRANSITIONS = {
 _HOLDING = {NodeState.STARTING, NodeState.RUNNING, NodeState.RESTARTING, NodeState.STOPPING}
 
 
+class NodeObserver:
+    """
+    What an observer added with L{BeatCopService.addObserver} may hear (all
+    optional; this class documents them and does nothing).
+    """
+
+    def stateChanged(self, old, new):
+        """The node moved from one L{NodeState} to another."""
+
+    def acquired(self, token):
+        """The node took the lease with fencing token C{token}."""
+
+    def refreshed(self, latency):
+        """A refresh was answered, C{latency} seconds after it was sent."""
+
+    def refreshFailed(self, error):
+        """A refresh failed (Redis unreachable, slow, or an error reply)."""
+
+    def leaseLost(self, why):
+        """The lease can no longer be proven; the command is being stopped."""
+
+    def childStarted(self, pid):
+        """The command started as C{pid}."""
+
+    def childExited(self, code):
+        """The command ended with exit status C{code} (128+N for signal N)."""
+
+    def redisAvailable(self, available):
+        """Redis started failing (C{False}) or answers again (C{True})."""
+
+
 class BeatCopService(service.Service):
     """
     One BeatCop node.
@@ -168,6 +199,7 @@ class BeatCopService(service.Service):
         self._refreshLoop = None
         self._finishedWaiters = []
         self._closed = False
+        self.observers = []
         self._redisFailing = False
 
     # -- public API ------------------------------------------------------
@@ -223,6 +255,22 @@ class BeatCopService(service.Service):
             self._release()
         return self.whenFinished().addCallback(lambda _: None)
 
+    def addObserver(self, observer):
+        """
+        Tell C{observer} what the node does, for metrics and service
+        managers: any of the methods of L{NodeObserver} it has are called.
+        """
+        self.observers.append(observer)
+
+    def _tell(self, event, *args):
+        for observer in list(self.observers):
+            method = getattr(observer, event, None)
+            if method is not None:
+                try:
+                    method(*args)
+                except Exception:
+                    self.log.failure("Observer {observer!r} failed on {event}", observer=observer, event=event)
+
     def describe(self):
         """
         What this node is doing, as recorded in the node registry for
@@ -254,7 +302,8 @@ class BeatCopService(service.Service):
     def _moveTo(self, newState):
         if newState not in _TRANSITIONS[self.state]:
             raise RuntimeError(f"BeatCop bug: no transition from {self.state.name} to {newState.name}")
-        self.state = newState
+        oldState, self.state = self.state, newState
+        self._tell("stateChanged", oldState, newState)
         if newState in (NodeState.STANDBY, NodeState.RUNNING, NodeState.STOPPING):
             self._register()
         if newState in _HOLDING:
@@ -343,6 +392,7 @@ class BeatCopService(service.Service):
                 self.client,
                 config.lockName,
                 config.ttl,
+                useEvalSha=not config.redis.proxy,
                 notify=config.notify,
                 describe=self.describe,
                 registryKeep=3 * max(config.ttl, config.standbyMaxWait or config.ttl),
@@ -353,13 +403,22 @@ class BeatCopService(service.Service):
     def _connect(self):
         try:
             client = self.client
-            info = yield client.execute("INFO", "server")
-            version = _redisVersion(info)
-            if version < MINIMUM_REDIS:
-                raise RedisProtocolError(
-                    f"{client.address}: Redis {'.'.join(map(str, version))} is too old;"
-                    f" BeatCop needs {'.'.join(map(str, MINIMUM_REDIS))} or newer"
-                )
+            if self.config.redis.proxy:
+                # Proxies (twemproxy) have no INFO: the lock's PTTL shows that
+                # the proxy reaches the lock's Redis.
+                yield client.execute("PTTL", self.config.lockName)
+                version = None
+            else:
+                info = yield client.execute("INFO", "server")
+                version = _redisVersion(info)
+                if version < MINIMUM_REDIS:
+                    raise RedisProtocolError(
+                        f"{client.address}: Redis {'.'.join(map(str, version))} is too old;"
+                        f" BeatCop needs {'.'.join(map(str, MINIMUM_REDIS))} or newer"
+                    )
+            if self.config.redis.startupNodes:
+                # Redis Cluster: a node must serve the lock's slot.
+                yield client.execute("PTTL", self.config.lockName)
         except BeatCopError as e:
             what = "reach" if isinstance(e, RedisUnreachable) else "use"
             self.log.error("Cannot {what} Redis: {error}", what=what, error=str(e))
@@ -371,7 +430,7 @@ class BeatCopService(service.Service):
         self.log.info(
             "Connected to {address} (Redis {version}); node {holder} waiting for lock {lock}",
             address=client.address,
-            version=".".join(map(str, version)),
+            version=".".join(map(str, version)) if version else "version unknown, through a proxy",
             holder=lock.holderId,
             lock=lock.lockName,
         )
@@ -436,6 +495,7 @@ class BeatCopService(service.Service):
                 lock=self.lock.lockName,
                 token=attempt.token,
             )
+            self._tell("acquired", attempt.token)
             self._moveTo(NodeState.STARTING)
             self._holdingSince = time.time()
             self._pausedSeen = False
@@ -491,11 +551,13 @@ class BeatCopService(service.Service):
         if not self._redisFailing:
             self._redisFailing = True
             self.log.warn("Redis failing: {error}", error=str(failure.value))
+            self._tell("redisAvailable", False)
 
     def _redisRecovered(self):
         if self._redisFailing:
             self._redisFailing = False
             self.log.info("Redis answering again")
+            self._tell("redisAvailable", True)
 
     # -- the lease -------------------------------------------------------
 
@@ -532,6 +594,7 @@ class BeatCopService(service.Service):
         self._track(d)
 
     def _refreshed(self, outcome, sentAt):
+        self._tell("refreshed", self._reactor.seconds() - sentAt)
         if not self.holdsLease:
             return None
         self._redisRecovered()
@@ -589,6 +652,7 @@ class BeatCopService(service.Service):
 
     def _refreshFailed(self, failure):
         failure.trap(BeatCopError)
+        self._tell("refreshFailed", failure.value)
         if not self.holdsLease:
             return
         left = self.provenUntil - self._reactor.seconds()
@@ -669,6 +733,7 @@ class BeatCopService(service.Service):
         No release: the key is not (provably) ours.
         """
         self.log.error("Lease on {lock} lost: {why}", lock=self.config.lockName, why=why)
+        self._tell("leaseLost", why)
         self.exitCode = exitCode
         grace = self._killGraceLeft()
         self.provenUntil = None
@@ -690,6 +755,8 @@ class BeatCopService(service.Service):
 
     def _childEnvironment(self):
         environment = dict(os.environ)
+        for name in self.config.redis.secretEnvironment:
+            environment.pop(name, None)  # password_env: not the command's business
         environment.update(self.config.environment)
         environment.update(
             BEATCOP_LOCK_NAME=self.lock.lockName,
@@ -709,6 +776,7 @@ class BeatCopService(service.Service):
             self._guardKillBy(),
             monotonic=self._monotonic,
             shell=config.shell,
+            **({"output": config.childOutput} if config.childOutput != "inherit" else {}),
         )
         self.child = child
         self.childStartedAt = self._reactor.seconds()
@@ -726,6 +794,7 @@ class BeatCopService(service.Service):
             pid=pid,
             token=self.lock.token,
         )
+        self._tell("childStarted", pid)
         if self.state is NodeState.STARTING:
             self._moveTo(NodeState.RUNNING)
 
@@ -741,6 +810,8 @@ class BeatCopService(service.Service):
         if child is not self.child:
             return
         self.child = None
+        if child.commandPid is not None:
+            self._tell("childExited", result.code)
         failedToStart = child.commandPid is None
         if self.state is NodeState.STOPPING:
             self.log.info("The command {how}", how=result.describe())

@@ -37,6 +37,9 @@ _OVERRIDES = [
     ("restart-max-delay", "beatcop", "restart_max_delay", "longest restart delay in ms (default 30000)"),
     ("notify", "beatcop", "notify", "yes/no: publish lock releases and listen for them while standing by (default yes)"),
     ("standby-max-wait", "beatcop", "standby_max_wait", "longest wait in ms between a standby's attempts (default timeout)"),
+    ("metrics-port", "beatcop", "metrics_port", "serve Prometheus /metrics and /health on this TCP port (default: off)"),
+    ("metrics-address", "beatcop", "metrics_address", "the address the metrics listener binds (default 127.0.0.1)"),
+    ("child-output", "beatcop", "child_output", "inherit (default) or log: the command's output as labelled log lines"),
 ]
 
 
@@ -109,8 +112,24 @@ def makeService(options, reactor=None):
     """
     if reactor is None:
         from twisted.internet import reactor
-    node = BeatCopService(options.beatcopConfig, reactor=reactor)
+    config = options.beatcopConfig
+    node = BeatCopService(config, reactor=reactor)
     exitCode = _ExitCode()
+    top = node
+    if config.metricsPort is not None:
+        from twisted.application.service import MultiService
+
+        from .metrics import metricsService
+
+        top = MultiService()
+        node.setServiceParent(top)
+        metricsService(node, config.metricsPort, config.metricsAddress).setServiceParent(top)
+
+    from .systemd import SystemdObserver
+
+    systemd = SystemdObserver(node, reactor)
+    if systemd.notifier.enabled:
+        reactor.addSystemEventTrigger("before", "shutdown", systemd.stopping)
 
     def stopCleanly():
         if not reactor.running:
@@ -149,4 +168,4 @@ def makeService(options, reactor=None):
             signal.signal(signal.SIGHUP, onSighup)
 
     reactor.callWhenRunning(installSignalHandlers)
-    return node
+    return top

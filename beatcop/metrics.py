@@ -1,0 +1,145 @@
+"""
+Prometheus metrics and a health check for one node, over HTTP
+(C{metrics_port}): C{/metrics} in Prometheus' text format (served by
+C{prometheus_client}'s Twisted resource) and C{/health}.
+
+Each node gets a registry of its own rather than the library's global one,
+so that several nodes in one process (tests, embedders) do not collide.
+
+C{/health} answers 200 only while the node is connected to Redis and
+consistent: it has started, Redis answers, and it either stands by or holds
+a lease it can prove.  Anything else (connecting, Redis failing, the lease
+lost, finished) is 503 with the reason, which is what a load balancer or an
+orchestrator's probe wants.
+"""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.twisted import MetricsResource
+from twisted.application import strports
+from twisted.web import resource, server
+
+from .service import NodeState
+
+_HEALTHY = {NodeState.STANDBY, NodeState.STARTING, NodeState.RUNNING, NodeState.RESTARTING}
+
+
+class NodeMetrics:
+    """
+    A node observer (see L{beatcop.service.NodeObserver}) that keeps the
+    node's Prometheus metrics.
+    """
+
+    def __init__(self, node, registry=None):
+        self.node = node
+        self.registry = registry or CollectorRegistry()
+        labels = {"lock": node.config.lockName}
+        r = self.registry
+
+        def gauge(name, doc):
+            return Gauge(name, doc, list(labels), registry=r).labels(**labels)
+
+        def counter(name, doc):
+            return Counter(name, doc, list(labels), registry=r).labels(**labels)
+
+        self.holder = gauge("beatcop_holder", "1 while this node holds the lock (and runs the command)")
+        self.token = gauge("beatcop_fencing_token", "the fencing token of this node's current or last lease")
+        self.redisUp = gauge("beatcop_redis_up", "1 while Redis answers this node")
+        self.acquisitions = counter("beatcop_acquisitions", "leases this node acquired")
+        self.refreshFailures = counter("beatcop_refresh_failures", "lease refreshes that failed or timed out")
+        self.leasesLost = counter("beatcop_leases_lost", "leases this node could no longer prove")
+        self.childStarts = counter("beatcop_child_starts", "times the command was started")
+        self.refreshLatency = Histogram(
+            "beatcop_refresh_latency_seconds",
+            "time from sending a lease refresh to its answer",
+            list(labels),
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        ).labels(**labels)
+        self._childExits = Counter(
+            "beatcop_child_exits", "times the command ended, by exit status", list(labels) + ["code"], registry=r
+        )
+        self._labels = labels
+        self.redisUp.set(0)
+        node.addObserver(self)
+
+    def stateChanged(self, old, new):
+        self.holder.set(1 if new in (NodeState.STARTING, NodeState.RUNNING, NodeState.RESTARTING) else 0)
+        if new is NodeState.STANDBY and old is NodeState.CONNECTING:
+            self.redisUp.set(1)
+
+    def acquired(self, token):
+        self.acquisitions.inc()
+        self.token.set(token)
+
+    def refreshed(self, latency):
+        self.refreshLatency.observe(max(0.0, latency))
+
+    def refreshFailed(self, error):
+        self.refreshFailures.inc()
+
+    def leaseLost(self, why):
+        self.leasesLost.inc()
+
+    def childStarted(self, pid):
+        self.childStarts.inc()
+
+    def childExited(self, code):
+        self._childExits.labels(code=str(code), **self._labels).inc()
+
+    def redisAvailable(self, available):
+        self.redisUp.set(1 if available else 0)
+
+
+def health(node):
+    """
+    Whether the node is healthy, and why not.
+    """
+    if node.state not in _HEALTHY:
+        return False, f"node is {node.state.value}"
+    if node._redisFailing:
+        return False, "Redis is failing"
+    if node.state is not NodeState.STANDBY and not node.holdsLease:
+        return False, "the lease can no longer be proven"
+    return True, f"ok: {node.state.value}"
+
+
+class HealthResource(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, node):
+        super().__init__()
+        self.node = node
+
+    def render_GET(self, request):
+        ok, why = health(self.node)
+        request.setResponseCode(200 if ok else 503)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        return (why + "\n").encode("utf-8")
+
+
+def metricsSite(node, registry=None):
+    """
+    The HTTP site: C{/metrics} and C{/health}.
+
+    @return: (the L{server.Site}, the L{NodeMetrics}).
+    """
+    metrics = NodeMetrics(node, registry)
+    root = resource.Resource()
+    root.putChild(b"metrics", MetricsResource(metrics.registry))
+    root.putChild(b"health", HealthResource(node))
+    site = server.Site(root)
+    site.noisy = False
+    return site, metrics
+
+
+def metricsService(node, port, address="127.0.0.1", registry=None):
+    """
+    A service that serves the node's metrics and health on C{address:port};
+    add it beside the node.
+    """
+    site, metrics = metricsSite(node, registry)
+    interface = address.replace(":", "\\:")  # an IPv6 address inside a strports description
+    service = strports.service(f"tcp:{int(port)}:interface={interface}", site)
+    service.metrics = metrics
+    return service
