@@ -48,7 +48,7 @@ class NodeInfo:
     command_pid: int = None
     version: str = None
     seen_ms_ago: int = None  # by Redis's clock
-    role: str = "standby"
+    role: str = "standby"  # "holder", "standby", or "silent" (not seen lately)
 
 
 @dataclass
@@ -110,6 +110,7 @@ def readStatus(client, config):
         except ValueError:
             status.paused = {"by": _text(paused)}
     stale = staleAfter(config)
+    silentAfter = max(config.ttl, config.standbyMaxWait or config.ttl) + 500
     registry = [_text(item) for item in registry or []]
     for nodeId, entry in zip(registry[::2], registry[1::2]):
         seen, _, state = str(entry).partition(" ")
@@ -122,9 +123,17 @@ def readStatus(client, config):
             continue
         node = NodeInfo(id=nodeId, seen_ms_ago=ago, **{k: info.get(k) for k in (
             "host", "pid", "state", "token", "since", "command_pid", "version")})
-        node.role = "holder" if nodeId == holder else "standby"
+        if nodeId == holder:
+            node.role = "holder"
+        elif ago > silentAfter:
+            # Not seen for longer than its longest wait: dead or cut off,
+            # until it is dropped as stale.
+            node.role = "silent"
+        else:
+            node.role = "standby"
         status.nodes.append(node)
-    status.nodes.sort(key=lambda node: (node.role != "holder", node.host or "", node.pid or 0))
+    order = {"holder": 0, "standby": 1, "silent": 2}
+    status.nodes.sort(key=lambda node: (order[node.role], node.host or "", node.pid or 0))
     return status
 
 

@@ -150,3 +150,38 @@ def test_errors_are_one_line_with_their_exit_codes(tmp_path):
     assert down.returncode == 68 and "beatcop: error:" in down.stderr and down.stderr.count("\n") == 1
     usage = beatcop("frobnicate")
     assert usage.returncode == 2 or usage.returncode == 64
+
+
+def test_demo_runs_and_cleans_up():
+    """
+    C{beatcop demo}: a private Redis, three nodes, a crash takeover with
+    the fencing token moving, a clean handover; nothing left behind.
+    """
+    result = beatcop("demo", "--ttl", "1500", timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout.replace("\r", "\n")
+    assert "3 node(s): 1 holder, 2 standing by" in out
+    assert "fencing token 1 -> 2" in out
+    assert "handed over at once" in out and "fencing token 2 -> 3" in out
+    directory = out.split("listening on ")[1].split("/redis/redis.sock")[0]
+    assert directory.startswith(tempfile.gettempdir()) and not os.path.exists(directory)
+    leftovers = subprocess.run(["pgrep", "-f", directory], capture_output=True, text=True).stdout.split()
+    assert leftovers == []
+
+
+def test_status_marks_silent_nodes(cluster):
+    nodes = cluster.startNodes(3)
+    holder, _ = cluster.holder()
+    waitUntil(lambda: len(status(cluster)[1]["nodes"]) == 3, 10, what="three registered nodes")
+    standby = next(node for node in nodes if node is not holder)
+    standby.send(signal.SIGSTOP)
+    try:
+        waitUntil(
+            lambda: [n["role"] for n in status(cluster)[1]["nodes"]] == ["holder", "standby", "silent"],
+            TTL / 1000 + 5,
+            interval=0.2,
+            what="the frozen node marked silent",
+        )
+        assert "1 silent" in beatcop("status", "-c", cluster.configPath).stdout
+    finally:
+        standby.send(signal.SIGCONT)
