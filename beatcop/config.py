@@ -175,6 +175,29 @@ class RedisConfig:
     @ivar connectTimeout: milliseconds to wait for a connection.
     @ivar replyTimeout: milliseconds to wait for any reply; part of the lease
         timing rule.
+    @ivar tlsCaFile: PEM file of the CAs that sign Redis's certificate
+        (default: the system's trust store).
+    @ivar tlsCertFile: PEM file of our client certificate, or L{None}.
+    @ivar tlsKeyFile: PEM file of its private key (default: in the
+        certificate file).
+    @ivar tlsVerify: verify Redis's certificate and name (default); off only
+        for testing.
+    @ivar tlsServerName: the name Redis's certificate must carry, when not
+        the host connected to.
+    @ivar sentinels: Redis Sentinel addresses as C{(host, port)} pairs; empty
+        when not using Sentinel.
+    @ivar serviceName: the master's name in Sentinel.
+    @ivar sentinelUsername: ACL user name for the sentinels, or L{None}.
+    @ivar sentinelPassword: the sentinels' password, or L{None} (not in the
+        repr).
+    @ivar waitReplicas: every write must be acknowledged by this many
+        replicas (C{WAIT}) to count; 0 for no WAIT.
+    @ivar waitTimeout: the C{WAIT}'s own timeout in milliseconds, less than
+        C{replyTimeout}.
+    @ivar proxy: Redis is reached through a proxy (twemproxy and the like):
+        scripts are sent whole (C{EVAL}), no C{INFO}, no pub/sub.
+    @ivar secretEnvironment: names of environment variables that hold a
+        password (C{password_env}); kept out of the command's environment.
     """
 
     host: str | None = None
@@ -188,14 +211,29 @@ class RedisConfig:
     embedded: bool = False
     connectTimeout: int = DEFAULT_CONNECT_TIMEOUT
     replyTimeout: int = defaultReplyTimeout(DEFAULT_TTL)
+    tlsCaFile: str | None = None
+    tlsCertFile: str | None = None
+    tlsKeyFile: str | None = None
+    tlsVerify: bool = True
+    tlsServerName: str | None = None
+    sentinels: tuple[tuple[str, int], ...] = ()
+    serviceName: str | None = None
+    sentinelUsername: str | None = None
+    sentinelPassword: str | None = field(default=None, repr=False)
+    waitReplicas: int = 0
+    waitTimeout: int = 0
+    proxy: bool = False
+    secretEnvironment: tuple[str, ...] = ()
 
     def __post_init__(self):
         # Accept lists from embedders, keep the instance hashable.
-        object.__setattr__(
-            self,
-            "startupNodes",
-            tuple((str(host), int(port)) for host, port in self.startupNodes),
-        )
+        for name in ("startupNodes", "sentinels"):
+            object.__setattr__(
+                self,
+                name,
+                tuple((str(host), int(port)) for host, port in getattr(self, name)),
+            )
+        object.__setattr__(self, "secretEnvironment", tuple(self.secretEnvironment))
 
     def describe(self):
         """
@@ -209,6 +247,14 @@ class RedisConfig:
                 f"{_bracketed(host)}:{port}" for host, port in self.startupNodes
             )
             return f"Redis Cluster seeds {seeds}"
+        if self.sentinels:
+            sentinels = ",".join(
+                f"{_bracketed(host)}:{port}" for host, port in self.sentinels
+            )
+            return (
+                f"Redis Sentinel service {self.serviceName!r} (sentinels {sentinels},"
+                f" database {self.database})"
+            )
         if self.unixSocket is not None:
             return f"unix://{self.unixSocket}?db={self.database}"
         scheme = "rediss" if self.tls else "redis"
@@ -316,6 +362,23 @@ REDIS_KEYS = frozenset(
         "username",
         "connect_timeout",
         "reply_timeout",
+        "password_env",
+        "password_file",
+        "tls",
+        "tls_ca_file",
+        "tls_cert_file",
+        "tls_key_file",
+        "tls_verify",
+        "tls_server_name",
+        "sentinels",
+        "service_name",
+        "sentinel_username",
+        "sentinel_password",
+        "sentinel_password_env",
+        "sentinel_password_file",
+        "wait_replicas",
+        "wait_timeout",
+        "proxy",
     }
 )
 BEATCOP_KEYS = frozenset(
@@ -421,6 +484,19 @@ class _Reader:
 
     def given(self, section, key):
         return self.text(section, key) is not None
+
+    def path(self, section, key):
+        """
+        A file path: one written in the file is relative to the file's
+        directory, one from the command line to the current directory.
+        """
+        text = self.text(section, key)
+        if text is None:
+            return None
+        value = self.raw(section, key)
+        if os.path.isabs(text) or value.origin == "the command line" or self.source == COMMAND_LINE:
+            return text
+        return os.path.join(os.path.dirname(os.path.abspath(self.source)), text)
 
     def milliseconds(self, section, key, default, minimum=1):
         text = self.text(section, key)
@@ -704,7 +780,12 @@ def loadConfig(path=None, overrides=None, checkProgram=True):
             f"{restartMaxDelay} ms is less than restart_delay {restartDelay} ms",
         )
 
-    notify = reader.boolean("beatcop", "notify", True)
+    # Proxies (twemproxy and the like) have no pub/sub.
+    notify = reader.boolean("beatcop", "notify", not redis.proxy)
+    if notify and redis.proxy:
+        reader.fail(
+            "beatcop", "notify", "must be no with [redis] proxy = yes (proxies have no pub/sub)"
+        )
     standbyMaxWait = reader.milliseconds("beatcop", "standby_max_wait", ttl)
     metricsPort = None
     if reader.text("beatcop", "metrics_port") is not None:
@@ -776,20 +857,23 @@ def _readCommand(reader):
     return command, shell
 
 
+_LOCATIONS = ("url", "host", "startup_nodes", "sentinels")
+_LOCATION_WORDS = "url, host, startup_nodes or sentinels"
+DEFAULT_SENTINEL_PORT = 26379
+# Sanity bound for wait_replicas.
+MAXIMUM_REPLICAS = 1000
+
+
 def _readRedis(reader, ttl):
-    locations = [
-        key for key in ("url", "host", "startup_nodes") if reader.given("redis", key)
-    ]
+    locations = [key for key in _LOCATIONS if reader.given("redis", key)]
     if not locations:
-        reader.fail(
-            "redis", None, "no Redis given; set one of url, host or startup_nodes"
-        )
+        reader.fail("redis", None, f"no Redis given; set one of {_LOCATION_WORDS}")
     if len(locations) > 1:
         reader.fail(
             "redis",
             locations[0],
             f"conflicts with {' and '.join(locations[1:])};"
-            f" give exactly one of url, host or startup_nodes",
+            f" give exactly one of {_LOCATION_WORDS}",
         )
 
     connectTimeout = reader.milliseconds(
@@ -798,11 +882,8 @@ def _readRedis(reader, ttl):
     replyTimeout = reader.milliseconds(
         "redis", "reply_timeout", defaultReplyTimeout(ttl)
     )
-    username = reader.text("redis", "username")
-    password = reader.text("redis", "password")
     settings = dict(
-        username=username,
-        password=password,
+        username=reader.text("redis", "username"),
         connectTimeout=connectTimeout,
         replyTimeout=replyTimeout,
     )
@@ -829,52 +910,373 @@ def _readRedis(reader, ttl):
                 port=reader.port("redis", "port"),
                 database=reader.database("redis", "database"),
             )
-    else:
-        settings.update(startupNodes=_readStartupNodes(reader))
+    elif location == "startup_nodes":
+        settings.update(startupNodes=_readNodes(reader, "startup_nodes"))
         for key, reason in (
             ("port", "each seed node gives its own port"),
             ("database", "Redis Cluster has only database 0"),
         ):
             if reader.given("redis", key):
                 reader.warn("redis", key, f"ignored with startup_nodes ({reason})")
-
-    if settings["username"] is not None and settings["password"] is None:
-        reader.fail(
-            "redis",
-            "username",
-            "needs a password too (Redis AUTH takes a user name and a password)",
+    else:
+        settings.update(
+            sentinels=_readNodes(reader, "sentinels", DEFAULT_SENTINEL_PORT),
+            database=reader.database("redis", "database"),
         )
+        if reader.given("redis", "port"):
+            reader.warn(
+                "redis", "port", "ignored with sentinels (the sentinels name the master)"
+            )
+
+    secrets = []
+    password, secretName = _readSecret(reader, "password", settings.get("password"))
+    settings["password"] = password
+    if secretName is not None:
+        secrets.append(secretName)
+    _checkUsername(reader, "username", settings["username"], password)
+
+    _readSentinelSettings(reader, settings, secrets)
+    _readTlsSettings(reader, settings, location)
+    _readReplicationSettings(reader, settings)
+    _readProxySetting(reader, settings, location)
+    settings["secretEnvironment"] = tuple(secrets)
     return RedisConfig(**settings)
 
 
-def _readStartupNodes(reader):
-    text = reader.text("redis", "startup_nodes")
+def _checkUsername(reader, key, username, password):
+    if username is not None and password is None:
+        reader.fail(
+            "redis",
+            key,
+            "needs a password too (Redis AUTH takes a user name and a password)",
+        )
+
+
+def _readSecret(reader, key, fromUrl):
+    """
+    A password given as C{key}, C{key_env} (the name of an environment
+    variable holding it) or C{key_file} (a file holding it), or in the URL.
+
+    @return: C{(password or None, name of the environment variable or
+        None)}.
+    """
+    keys = [
+        name
+        for name in (key, f"{key}_env", f"{key}_file")
+        if reader.given("redis", name)
+    ]
+    if fromUrl is not None and keys:
+        reader.fail("redis", keys[0], "conflicts with url (the URL gives the password)")
+    if len(keys) > 1:
+        reader.fail(
+            "redis",
+            keys[0],
+            f"conflicts with {' and '.join(keys[1:])}; give the password one way",
+        )
+    if not keys:
+        return fromUrl, None
+    (given,) = keys
+    if given == key:
+        return reader.text("redis", key), None
+    if given.endswith("_env"):
+        name = reader.text("redis", given)
+        if not _ENVIRONMENT_NAME.match(name):
+            reader.fail(
+                "redis", given, f"not an environment variable name: {name!r}"
+            )
+        value = os.environ.get(name)
+        if value is None:
+            reader.fail("redis", given, f"the environment variable {name} is not set")
+        if not value:
+            reader.fail("redis", given, f"the environment variable {name} is empty")
+        return value, name
+    path = reader.path("redis", given)
+    try:
+        with open(path, "rb") as secretFile:
+            data = secretFile.read()
+    except OSError as error:
+        reader.fail(
+            "redis", given, f"cannot read {path!r}: {error.strerror or error}"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        reader.fail("redis", given, f"{path!r} is not UTF-8 text")
+    # Only the line end that editors and `echo` add: a password may start or
+    # end with spaces.
+    text = text.rstrip("\r\n")
+    if not text:
+        reader.fail("redis", given, f"{path!r} is empty")
+    if "\n" in text or "\r" in text:
+        reader.fail("redis", given, f"{path!r} has more than one line")
+    return text, None
+
+
+_SENTINEL_KEYS = (
+    "service_name",
+    "sentinel_username",
+    "sentinel_password",
+    "sentinel_password_env",
+    "sentinel_password_file",
+)
+
+
+def _readSentinelSettings(reader, settings, secrets):
+    if not settings.get("sentinels"):
+        for key in _SENTINEL_KEYS:
+            if reader.given("redis", key):
+                reader.fail(
+                    "redis",
+                    key,
+                    "only used with Redis Sentinel"
+                    " (sentinels = ..., or url = redis+sentinel://...)",
+                )
+        return
+    serviceName = reader.text("redis", "service_name")
+    if serviceName is not None and settings.get("serviceName"):
+        reader.fail(
+            "redis", "service_name", "conflicts with url (the URL gives the service name)"
+        )
+    serviceName = serviceName or settings.get("serviceName")
+    if not serviceName:
+        reader.fail(
+            "redis",
+            "service_name",
+            "missing: give the name Sentinel knows the master by (e.g. mymaster)",
+        )
+    if any(character.isspace() for character in serviceName):
+        reader.fail("redis", "service_name", f"not a service name: {serviceName!r}")
+    username = reader.text("redis", "sentinel_username")
+    password, secretName = _readSecret(reader, "sentinel_password", None)
+    if secretName is not None:
+        secrets.append(secretName)
+    _checkUsername(reader, "sentinel_username", username, password)
+    settings.update(
+        serviceName=serviceName, sentinelUsername=username, sentinelPassword=password
+    )
+
+
+_TLS_KEYS = ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_verify", "tls_server_name")
+
+
+def _readTlsSettings(reader, settings, location):
+    if reader.given("redis", "tls"):
+        if location == "url":
+            reader.fail(
+                "redis", "tls", "conflicts with url (a rediss:// URL means TLS)"
+            )
+        if settings.get("embedded"):
+            reader.fail("redis", "tls", "not used with url = embedded")
+        settings["tls"] = reader.boolean("redis", "tls", False)
+        if settings["tls"] and settings.get("unixSocket"):
+            reader.fail("redis", "tls", "not with a unix socket")
+    if not settings.get("tls"):
+        for key in _TLS_KEYS:
+            if reader.given("redis", key):
+                reader.fail(
+                    "redis", key, "only used with TLS (url = rediss://..., or tls = yes)"
+                )
+        return
+    try:
+        from OpenSSL import SSL, crypto
+        import service_identity  # noqa: F401 (Twisted needs it to check names)
+    except ImportError:
+        reader.fail(
+            "redis",
+            "tls" if location != "url" else "url",
+            "TLS needs pyOpenSSL and service_identity: pip install 'beatcop[tls]'",
+        )
+
+    def pem(key, kind):
+        path = reader.path("redis", key)
+        if path is None:
+            return None, b""
+        try:
+            with open(path, "rb") as pemFile:
+                data = pemFile.read()
+        except OSError as error:
+            reader.fail("redis", key, f"cannot read {path!r}: {error.strerror or error}")
+        if f"-----BEGIN {kind}".encode() not in data:
+            reader.fail("redis", key, f"{path!r} holds no PEM {kind.lower()}")
+        return path, data
+
+    caFile, caData = pem("tls_ca_file", "CERTIFICATE")
+    if caFile is not None:
+        try:
+            crypto.load_certificate(crypto.FILETYPE_PEM, caData)
+        except crypto.Error:
+            reader.fail("redis", "tls_ca_file", f"{caFile!r}: not a valid PEM certificate")
+    certFile, certData = pem("tls_cert_file", "CERTIFICATE")
+    keyFile, keyData = (None, b"")
+    if reader.given("redis", "tls_key_file"):
+        if certFile is None:
+            reader.fail("redis", "tls_key_file", "needs tls_cert_file too")
+        keyFile, keyData = pem("tls_key_file", "")
+    if certFile is not None:
+        keyPem = keyData or certData
+        try:
+            certificate = crypto.load_certificate(crypto.FILETYPE_PEM, certData)
+        except crypto.Error:
+            reader.fail("redis", "tls_cert_file", f"{certFile!r}: not a valid PEM certificate")
+        try:
+            privateKey = crypto.load_privatekey(crypto.FILETYPE_PEM, keyPem)
+        except crypto.Error:
+            reader.fail(
+                "redis",
+                "tls_key_file" if keyFile else "tls_cert_file",
+                f"{keyFile or certFile!r}: no readable unencrypted PEM private key"
+                + ("" if keyFile else " (give it in tls_key_file)"),
+            )
+        context = SSL.Context(SSL.TLS_METHOD)
+        context.use_certificate(certificate)
+        context.use_privatekey(privateKey)
+        try:
+            context.check_privatekey()
+        except SSL.Error:
+            reader.fail(
+                "redis",
+                "tls_key_file" if keyFile else "tls_cert_file",
+                "the private key does not belong to the certificate",
+            )
+    verify = reader.boolean("redis", "tls_verify", True)
+    if not verify:
+        reader.warn(
+            "redis",
+            "tls_verify",
+            "certificates are not verified: anyone on the way to Redis can pose as it",
+        )
+    serverName = reader.text("redis", "tls_server_name")
+    if serverName is not None and any(c.isspace() or c == "/" for c in serverName):
+        reader.fail("redis", "tls_server_name", f"not a host name: {serverName!r}")
+    settings.update(
+        tlsCaFile=caFile,
+        tlsCertFile=certFile,
+        tlsKeyFile=keyFile,
+        tlsVerify=verify,
+        tlsServerName=serverName,
+    )
+
+
+def _readReplicationSettings(reader, settings):
+    text = reader.text("redis", "wait_replicas")
+    waitReplicas = 0
+    if text is not None:
+        if not _DIGITS.match(text) or len(text) > 4 or int(text) > MAXIMUM_REPLICAS:
+            reader.fail(
+                "redis",
+                "wait_replicas",
+                f"not a number of replicas (0 to {MAXIMUM_REPLICAS}): {text!r}",
+            )
+        waitReplicas = int(text)
+    if not waitReplicas:
+        if reader.given("redis", "wait_timeout"):
+            reader.fail("redis", "wait_timeout", "only used with wait_replicas")
+        return
+    if settings.get("embedded"):
+        reader.fail("redis", "wait_replicas", "the embedded Redis has no replicas")
+    replyTimeout = settings["replyTimeout"]
+    waitTimeout = reader.milliseconds(
+        "redis", "wait_timeout", max(1, replyTimeout // 2)
+    )
+    if waitTimeout >= replyTimeout:
+        reader.fail(
+            "redis",
+            "wait_timeout",
+            f"{waitTimeout} ms must be less than reply_timeout ({replyTimeout} ms):"
+            f" the WAIT is answered within the reply timeout",
+        )
+    settings.update(waitReplicas=waitReplicas, waitTimeout=waitTimeout)
+
+
+def _readProxySetting(reader, settings, location):
+    proxy = reader.boolean("redis", "proxy", False)
+    if not proxy:
+        return
+    if settings.get("startupNodes") or settings.get("sentinels"):
+        reader.fail(
+            "redis",
+            "proxy",
+            "a proxy is one address: give it with url or host, not with"
+            " Redis Cluster seeds or sentinels",
+        )
+    if settings.get("embedded"):
+        reader.fail("redis", "proxy", "not used with url = embedded")
+    if settings.get("waitReplicas"):
+        reader.fail(
+            "redis", "wait_replicas", "not through a proxy (proxies do not pass WAIT on)"
+        )
+    settings["proxy"] = True
+
+
+def _splitHostPort(word, defaultPort):
+    """
+    C{(host, port)} from C{host}, C{host:port}, C{[v6]} or C{[v6]:port};
+    L{None} if it is none of those.
+    """
+    if word.startswith("["):
+        host, bracket, rest = word[1:].partition("]")
+        if not bracket or not host:
+            return None
+        if not rest:
+            return host, defaultPort
+        if not rest.startswith(":"):
+            return None
+        portText = rest[1:]
+    else:
+        host, colon, portText = word.rpartition(":")
+        if not colon:
+            host, portText = word, None
+        if ":" in host:
+            return None
+    if not host or any(character.isspace() for character in host):
+        return None
+    if portText is None:
+        return host, defaultPort
+    if not _DIGITS.match(portText) or len(portText) > 5 or not 1 <= int(portText) <= 65535:
+        return None
+    return host, int(portText)
+
+
+def _readNodes(reader, key, defaultPort=None):
+    """
+    A list of C{host:port} (C{startup_nodes}) or C{host[:port]}
+    (C{sentinels}, whose port defaults to C{defaultPort}).
+    """
+    text = reader.text("redis", key)
+    what = "seed node" if key == "startup_nodes" else "sentinel"
     nodes = []
     for word in re.split(r"[\s,]+", text):
         if not word:
             continue
-        host, colon, portText = word.rpartition(":")
-        host = host.strip("[]") if host.startswith("[") else host
-        if not colon or not host:
-            reader.fail(
-                "redis", "startup_nodes", f"not a host:port seed node: {word!r}"
+        if defaultPort is None:
+            host, colon, portText = word.rpartition(":")
+            host = host.strip("[]") if host.startswith("[") else host
+            if not colon or not host:
+                reader.fail("redis", key, f"not a host:port {what}: {word!r}")
+            port = _parsePort(
+                portText,
+                lambda problem: reader.fail("redis", key, f"{what} {word!r}: {problem}"),
             )
-        port = _parsePort(
-            portText,
-            lambda problem: reader.fail(
-                "redis", "startup_nodes", f"seed node {word!r}: {problem}"
-            ),
-        )
-        nodes.append((host, port))
+            nodes.append((host, port))
+            continue
+        node = _splitHostPort(word, defaultPort)
+        if node is None:
+            reader.fail(
+                "redis", key, f"not a host[:port] {what} (port 1 to 65535): {word!r}"
+            )
+        nodes.append(node)
     if not nodes:
-        reader.fail("redis", "startup_nodes", "no seed nodes given")
+        reader.fail("redis", key, f"no {what}s given")
     return tuple(nodes)
 
 
 _URL_FORMS = (
     "redis://[[user]:password@]host[:port][/db], rediss://...,"
+    " redis+cluster://host:port,host:port,..., redis+sentinel://host[:port],.../service[/db],"
     " unix:///path?db=N, or embedded"
 )
+_CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+_SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 
 
 def _readUrl(reader):
@@ -893,7 +1295,7 @@ def _readUrl(reader):
             reader.fail("redis", key, "conflicts with url (the URL gives it)")
 
     if url.lower() == "embedded":
-        for key in ("username", "password"):
+        for key in ("username", "password", "password_env", "password_file"):
             if reader.given("redis", key):
                 reader.fail("redis", key, "not used with url = embedded")
         return dict(embedded=True)
@@ -903,7 +1305,7 @@ def _readUrl(reader):
     except ValueError:
         fail("not a URL")
     scheme = parts.scheme.lower()
-    if scheme not in ("redis", "rediss", "unix"):
+    if scheme not in ("redis", "rediss", "unix") + _CLUSTER_SCHEMES + _SENTINEL_SCHEMES:
         fail(f"not a Redis URL (use {_URL_FORMS})")
     if parts.fragment:
         fail("unexpected #fragment")
@@ -925,6 +1327,38 @@ def _readUrl(reader):
                 settings[key] = value
 
     query = _readUrlQuery(parts.query, fail)
+    if scheme in _CLUSTER_SCHEMES + _SENTINEL_SCHEMES:
+        sentinel = scheme in _SENTINEL_SCHEMES
+        defaultPort = DEFAULT_SENTINEL_PORT if sentinel else DEFAULT_REDIS_PORT
+        nodes = []
+        for word in hostPort.split(","):
+            node = _splitHostPort(urllib.parse.unquote(word.strip()), defaultPort)
+            if node is None:
+                fail(f"{word.strip()!r} is not a host[:port] (port 1 to 65535)")
+            nodes.append(node)
+        tls = scheme.startswith("rediss")
+        segments = [urllib.parse.unquote(part) for part in parts.path.split("/") if part]
+        if not sentinel:
+            if segments not in ([], ["0"]) or query.get("db", 0) != 0:
+                fail("Redis Cluster has only database 0")
+            settings.update(startupNodes=tuple(nodes), tls=tls)
+            return settings
+        if len(segments) > 2:
+            fail("the path must be /service_name[/db]")
+        database = 0
+        if len(segments) == 2:
+            if not _DIGITS.match(segments[1]) or len(segments[1]) > 10:
+                fail("the database must be a number (0 or more)")
+            if "db" in query:
+                fail("gives the database twice")
+            database = int(segments[1])
+        settings.update(
+            sentinels=tuple(nodes),
+            serviceName=segments[0] if segments else None,
+            database=query.get("db", database),
+            tls=tls,
+        )
+        return settings
     if scheme == "unix":
         if hostPort:
             fail("a unix URL names no host; write unix:///path/to/socket")

@@ -608,9 +608,13 @@ class RedisUrlTests(ConfigTestMixin, SynchronousTestCase):
     def test_badUrls(self):
         for url, problem in [
             ("http://h", "not a Redis URL (use redis://[[user]:password@]host[:port][/db],"
-             " rediss://..., unix:///path?db=N, or embedded): 'http://h'"),
+             " rediss://..., redis+cluster://host:port,host:port,...,"
+             " redis+sentinel://host[:port],.../service[/db],"
+             " unix:///path?db=N, or embedded): 'http://h'"),
             ("localhost:6379", "not a Redis URL (use redis://[[user]:password@]host[:port][/db],"
-             " rediss://..., unix:///path?db=N, or embedded): 'localhost:6379'"),
+             " rediss://..., redis+cluster://host:port,host:port,...,"
+             " redis+sentinel://host[:port],.../service[/db],"
+             " unix:///path?db=N, or embedded): 'localhost:6379'"),
             ("redis://", "no host: 'redis://'"),
             ("redis://h:0", "not a port number (1 to 65535): 'redis://h:0'"),
             ("redis://h:70000", "not a port number (1 to 65535): 'redis://h:70000'"),
@@ -639,26 +643,26 @@ class ErrorTests(ConfigTestMixin, SynchronousTestCase):
         self.assertConfigError(
             "[redis]\nhost = h\nstartup_nodes = a:1\n[beatcop]\ncommand = celery\n",
             "{path}: [redis] host: conflicts with startup_nodes;"
-            " give exactly one of url, host or startup_nodes",
+            " give exactly one of url, host, startup_nodes or sentinels",
         )
 
     def test_neitherHostNorStartupNodes(self):
         self.assertConfigError(
             "[redis]\nport = 6379\n[beatcop]\ncommand = celery\n",
-            "{path}: [redis]: no Redis given; set one of url, host or startup_nodes",
+            "{path}: [redis]: no Redis given; set one of url, host, startup_nodes or sentinels",
         )
 
     def test_noRedisSection(self):
         self.assertConfigError(
             "[beatcop]\ncommand = celery\n",
-            "{path}: [redis]: no Redis given; set one of url, host or startup_nodes",
+            "{path}: [redis]: no Redis given; set one of url, host, startup_nodes or sentinels",
         )
 
     def test_urlAndHost(self):
         self.assertConfigError(
             "[redis]\nurl = redis://h\nhost = h\n[beatcop]\ncommand = celery\n",
             "{path}: [redis] url: conflicts with host;"
-            " give exactly one of url, host or startup_nodes",
+            " give exactly one of url, host, startup_nodes or sentinels",
         )
 
     def test_allThreeLocations(self):
@@ -666,7 +670,7 @@ class ErrorTests(ConfigTestMixin, SynchronousTestCase):
             "[redis]\nurl = redis://h\nhost = h\nstartup_nodes = a:1\n"
             "[beatcop]\ncommand = celery\n",
             "{path}: [redis] url: conflicts with host and startup_nodes;"
-            " give exactly one of url, host or startup_nodes",
+            " give exactly one of url, host, startup_nodes or sentinels",
         )
 
     def test_urlAndPort(self):
@@ -1066,7 +1070,7 @@ class OverrideTests(ConfigTestMixin, SynchronousTestCase):
         self.assertConfigError(
             BEATCOP_1_EXAMPLE,
             "{path}: [redis] url (from the command line): conflicts with host;"
-            " give exactly one of url, host or startup_nodes",
+            " give exactly one of url, host, startup_nodes or sentinels",
             overrides={("redis", "url"): "redis://other"},
         )
 
