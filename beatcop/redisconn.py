@@ -777,6 +777,11 @@ class RedisClient:
 
         def answered(results):
             outcomes = [result for _, result in results]
+            if any(isinstance(outcome, Failure) and outcome.check(defer.CancelledError) for outcome in outcomes):
+                # The deadline cancelled the DeferredList, which cancels
+                # its members and then fires *successfully* with their
+                # failures: that is a timeout, not an answer.
+                return timedOut(Failure(defer.CancelledError()))
             if asking:
                 if isinstance(outcomes[0], Failure):
                     return self._replyFailure(proto, address, outcomes[0], "ASKING")
