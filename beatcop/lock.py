@@ -67,13 +67,8 @@ class Script:
         return d
 
 
-ACQUIRE = Script(
-    "acquire",
-    """
--- KEYS[1] lock, KEYS[2] fencing counter, KEYS[3] registry, KEYS[4] pause
--- flag; ARGV[1] holder id, ARGV[2] ttl ms, ARGV[3] the highest token this
--- node has seen (0 if none): the counter never goes below it, so tokens keep
--- growing even if Redis lost the counter.
+# Shared by the scripts that record this node in the registry.
+_REGISTER_FUNCTION = """
 local function register()
   -- KEYS[3] the node registry (a hash: holder id -> "seen-ms state-json"),
   -- ARGV[4] this node's state as JSON ('' to skip), ARGV[5] ms the
@@ -85,7 +80,19 @@ local function register()
   redis.call('HSET', KEYS[3], ARGV[1], (t[1] * 1000 + math.floor(t[2] / 1000)) .. ' ' .. ARGV[4])
   redis.call('PEXPIRE', KEYS[3], ARGV[5])
 end
-register()
+"""
+
+
+ACQUIRE = Script(
+    "acquire",
+    """
+-- KEYS[1] lock, KEYS[2] fencing counter, KEYS[3] registry, KEYS[4] pause
+-- flag; ARGV[1] holder id, ARGV[2] ttl ms, ARGV[3] the highest token this
+-- node has seen (0 if none): the counter never goes below it, so tokens keep
+-- growing even if Redis lost the counter.
+"""
+    + _REGISTER_FUNCTION
+    + """register()
 local floor = tonumber(ARGV[3])
 if redis.call('EXISTS', KEYS[4]) == 1 then
   -- Paused by an operator: nobody acquires until resumed.
@@ -151,18 +158,9 @@ REFRESH = Script(
 -- to hand over; 3: refreshed, and an operator paused the command; 0: the key
 -- is gone (or a standby's placeholder after data loss stands in its place:
 -- the holder reclaims); -1: someone else holds it.
-local function register()
-  -- KEYS[3] the node registry (a hash: holder id -> "seen-ms state-json"),
-  -- ARGV[4] this node's state as JSON ('' to skip), ARGV[5] ms the
-  -- registry outlives its last writer.  Seen-time is Redis's clock, the one
-  -- clock every node and the status command share.
-  if ARGV[4] == '' then return end
-  if redis.replicate_commands then redis.replicate_commands() end
-  local t = redis.call('TIME')
-  redis.call('HSET', KEYS[3], ARGV[1], (t[1] * 1000 + math.floor(t[2] / 1000)) .. ' ' .. ARGV[4])
-  redis.call('PEXPIRE', KEYS[3], ARGV[5])
-end
-register()
+"""
+    + _REGISTER_FUNCTION
+    + """register()
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -186,18 +184,9 @@ REGISTER = Script(
     """
 -- Same keys and arguments as acquire and refresh: record this node's state
 -- in the registry now (on a change of state, between attempts/refreshes).
-local function register()
-  -- KEYS[3] the node registry (a hash: holder id -> "seen-ms state-json"),
-  -- ARGV[4] this node's state as JSON ('' to skip), ARGV[5] ms the
-  -- registry outlives its last writer.  Seen-time is Redis's clock, the one
-  -- clock every node and the status command share.
-  if ARGV[4] == '' then return end
-  if redis.replicate_commands then redis.replicate_commands() end
-  local t = redis.call('TIME')
-  redis.call('HSET', KEYS[3], ARGV[1], (t[1] * 1000 + math.floor(t[2] / 1000)) .. ' ' .. ARGV[4])
-  redis.call('PEXPIRE', KEYS[3], ARGV[5])
-end
-register()
+"""
+    + _REGISTER_FUNCTION
+    + """register()
 return 1
 """,
 )

@@ -15,16 +15,9 @@ import pytest
 
 from .history import _alive
 from .nodes import Cluster, nodeEnvironment, waitUntil, writeConfig
-from .redisserver import freePort, startRedisServer
+from .redisserver import freePort
 
 TTL = 1500
-
-
-@pytest.fixture
-def redisServer():
-    server = startRedisServer()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -70,7 +63,7 @@ def test_status_shows_the_holder_and_every_standby(cluster):
     assert all(node["role"] == "standby" and node["state"] == "standby" for node in standbys)
     text = beatcop("status", "-c", cluster.configPath)
     assert text.returncode == 0
-    assert f"fencing token 1" in text.stdout and "1 holder, 2 standing by" in text.stdout
+    assert "fencing token 1" in text.stdout and "1 holder, 2 standing by" in text.stdout
 
 
 def test_dead_nodes_disappear_and_clean_stops_leave_at_once(cluster):

@@ -10,11 +10,9 @@ must show that something does I{not} happen, it watches for a stated window.
 """
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
@@ -29,27 +27,12 @@ from .nodes import (
     waitUntil,
     writeConfig,
 )
-from .redisserver import startRedisServer
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc and prctl")
 
 TTL = 1.5
 MARGIN = 0.075
 GRACE = 0.3
-
-
-@pytest.fixture
-def redisServer():
-    server = startRedisServer(unixSocket=True)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def workdir():
-    directory = tempfile.mkdtemp(prefix="bi-")
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture

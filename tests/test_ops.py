@@ -6,33 +6,16 @@ each with a real node, a real redis-server and a real command.
 
 import json
 import os
-import shutil
 import signal
 import socket
-import tempfile
 import urllib.error
 import urllib.request
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from .history import readHistory
 from .nodes import Node, nodeEnvironment, recorderCommand, twistdArgv, waitUntil, writeConfig
-from .redisserver import freePort, startRedisServer
-
-
-@pytest.fixture
-def redisServer():
-    server = startRedisServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def workdir():
-    directory = tempfile.mkdtemp(prefix="bp-")
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
+from .redisserver import freePort
 
 
 def startNode(workdir, redisServer, name="ops", extraBeatcop=None, twistdOptions=(), environment=None, command=None):
