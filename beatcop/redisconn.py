@@ -730,9 +730,10 @@ class RedisClient:
                         # Not the master any more (a failover): find it again.
                         if proto is self._connection:
                             self.disconnect()
-                    lastProblem = RedisNotReady(f"{address}: {e.reply}", exitCode=None)
+                    lastProblem = RedisNotReady(f"{address}: {e.reply}{_hint(kind)}", exitCode=None)
                     if (yield self._pause(pause, deadline)):
                         pause = min(_LONGEST_PAUSE, pause * 2)
+                        redirects = 0
                         continue
                     raise lastProblem
                 raise
@@ -870,6 +871,14 @@ class RedisClient:
         gone.addErrback(lambda f: proto.transport.abortConnection())
         gone.addCallback(lambda _: None)
         return gone
+
+
+def _hint(kind):
+    if kind == "CLUSTERDOWN":
+        return " (the cluster is down, or no node serves the slot of the lock's keys)"
+    if kind == "TRYAGAIN":
+        return " (the lock's slot is being migrated)"
+    return ""
 
 
 def _abort(proto):
