@@ -1078,8 +1078,10 @@ def _readTlsSettings(reader, settings, location):
                 )
         return
     try:
-        from OpenSSL import SSL, crypto
+        import OpenSSL  # noqa: F401 (Twisted's TLS)
         import service_identity  # noqa: F401 (Twisted needs it to check names)
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
     except ImportError:
         reader.fail(
             "redis",
@@ -1097,15 +1099,18 @@ def _readTlsSettings(reader, settings, location):
         except OSError as error:
             reader.fail("redis", key, f"cannot read {path!r}: {error.strerror or error}")
         if f"-----BEGIN {kind}".encode() not in data:
-            reader.fail("redis", key, f"{path!r} holds no PEM {kind.lower()}")
+            reader.fail("redis", key, f"{path!r} holds no PEM {kind.lower() or 'key'}")
         return path, data
+
+    def certificate(key, path, data):
+        try:
+            return x509.load_pem_x509_certificate(data)
+        except ValueError:
+            reader.fail("redis", key, f"{path!r}: not a valid PEM certificate")
 
     caFile, caData = pem("tls_ca_file", "CERTIFICATE")
     if caFile is not None:
-        try:
-            crypto.load_certificate(crypto.FILETYPE_PEM, caData)
-        except crypto.Error:
-            reader.fail("redis", "tls_ca_file", f"{caFile!r}: not a valid PEM certificate")
+        certificate("tls_ca_file", caFile, caData)
     certFile, certData = pem("tls_cert_file", "CERTIFICATE")
     keyFile, keyData = (None, b"")
     if reader.given("redis", "tls_key_file"):
@@ -1113,31 +1118,25 @@ def _readTlsSettings(reader, settings, location):
             reader.fail("redis", "tls_key_file", "needs tls_cert_file too")
         keyFile, keyData = pem("tls_key_file", "")
     if certFile is not None:
-        keyPem = keyData or certData
+        keyKey = "tls_key_file" if keyFile else "tls_cert_file"
+        publicKey = certificate("tls_cert_file", certFile, certData).public_key()
         try:
-            certificate = crypto.load_certificate(crypto.FILETYPE_PEM, certData)
-        except crypto.Error:
-            reader.fail("redis", "tls_cert_file", f"{certFile!r}: not a valid PEM certificate")
-        try:
-            privateKey = crypto.load_privatekey(crypto.FILETYPE_PEM, keyPem)
-        except crypto.Error:
+            privateKey = serialization.load_pem_private_key(keyData or certData, password=None)
+        except (ValueError, TypeError):
             reader.fail(
                 "redis",
-                "tls_key_file" if keyFile else "tls_cert_file",
+                keyKey,
                 f"{keyFile or certFile!r}: no readable unencrypted PEM private key"
                 + ("" if keyFile else " (give it in tls_key_file)"),
             )
-        context = SSL.Context(SSL.TLS_METHOD)
-        context.use_certificate(certificate)
-        context.use_privatekey(privateKey)
-        try:
-            context.check_privatekey()
-        except SSL.Error:
-            reader.fail(
-                "redis",
-                "tls_key_file" if keyFile else "tls_cert_file",
-                "the private key does not belong to the certificate",
+
+        def spki(key):
+            return key.public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
             )
+
+        if spki(privateKey.public_key()) != spki(publicKey):
+            reader.fail("redis", keyKey, "the private key does not belong to the certificate")
     verify = reader.boolean("redis", "tls_verify", True)
     if not verify:
         reader.warn(

@@ -159,7 +159,8 @@ def _describeTLSFailure(reason):
         names = []
         for mismatch in errors:
             identity = getattr(mismatch, "mismatched_id", None)
-            names.append(str(getattr(identity, "hostname", getattr(identity, "ip", identity))))
+            name = getattr(identity, "hostname", getattr(identity, "ip", identity))
+            names.append(name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name))
         return (
             f"Redis's certificate does not match the name {', '.join(names)}"
             f" (see tls_server_name)"
@@ -222,6 +223,10 @@ class _SingleConnectionFactory(Factory):
             proto.handshakeCompleted = self._handshakeCompleted
         proto.whenConnected().addCallback(self._connected)
         return proto
+
+    @property
+    def handshakeDone(self):
+        return self._handshakeDone
 
     def _handshakeCompleted(self):
         self._handshakeDone = True
@@ -627,6 +632,11 @@ class RedisClient:
             if failure.check(RedisProtocolError, RedisUnreachable, BeatCopError):
                 return failure
             if failure.check(defer.TimeoutError, defer.CancelledError):
+                if made and not factory.handshakeDone:
+                    raise RedisTimeout(
+                        f"{address}: TLS handshake not finished within {timeout:g} s"
+                        f" (does this port speak TLS?)"
+                    )
                 raise RedisTimeout(f"{address}: no connection within {timeout:g} s")
             if failure.check(internetError.ConnectError, internetError.ConnectionLost, OSError):
                 raise RedisUnreachable(f"{address}: {_describeConnectError(failure)}")
@@ -789,7 +799,7 @@ class RedisClient:
                 outcomes.pop(0)
             reply = outcomes[0]
             if isinstance(reply, Failure):
-                return self._replyFailure(proto, address, reply, args[0])
+                return self._replyFailure(proto, address, reply, str(args[0]))
             if wait:
                 acknowledged = outcomes[1]
                 if isinstance(acknowledged, Failure):
@@ -817,15 +827,24 @@ class RedisClient:
         if failure.check(txredisapi.ConnectionError) or failure.check(defer.TimeoutError):
             if proto is self._connection:
                 self._connection = None
-            return Failure(self._connectionFailure(proto, address, failure.value))
+            return Failure(self._connectionFailure(proto, address, failure.value, command))
         if failure.check(txredisapi.ResponseError):
             return Failure(RedisCommandError(str(failure.value)))
         return failure
 
-    def _connectionFailure(self, proto, address, error):
+    def _connectionFailure(self, proto, address, error, command=None):
         reason = getattr(proto, "lostReason", None)
         if _isTLSFailure(reason):
             return RedisTLSError(f"{address}: TLS connection failed: {_describeTLSFailure(reason)}")
+        if command is not None and reason is not None and reason.check(internetError.ConnectionDone):
+            # Closed in answer to the command: what proxies do with commands
+            # they do not know, and TLS servers with plain text.
+            hint = ""
+            if command.upper() == "INFO":
+                hint = " (through a proxy without INFO, such as twemproxy? set proxy = yes)"
+            elif not self._config.tls:
+                hint = " (does this port want TLS? use rediss://)"
+            return RedisUnreachable(f"{address}: the connection was closed in answer to {command}{hint}")
         return RedisUnreachable(f"{address}: {error}")
 
     def _sendSimple(self, proto, args, timeout, address):
