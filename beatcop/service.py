@@ -416,6 +416,11 @@ class BeatCopService(service.Service):
                         f"{client.address}: Redis {'.'.join(map(str, version))} is too old;"
                         f" BeatCop needs {'.'.join(map(str, MINIMUM_REDIS))} or newer"
                     )
+                if "redis_mode:cluster" in str(info) and not self.config.redis.startupNodes:
+                    raise RedisProtocolError(
+                        f"{client.address}: it is a Redis Cluster node; configure"
+                        f" url = redis+cluster://host:port,... (or startup_nodes)"
+                    )
             if self.config.redis.startupNodes:
                 # Redis Cluster: a node must serve the lock's slot.
                 yield client.execute("PTTL", self.config.lockName)

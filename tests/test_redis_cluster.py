@@ -8,7 +8,8 @@ BeatCop against real Redis Clusters made by the tests on free ports:
     the lock's multi-key scripts until the migration ends, all within the
     reply deadline), and a deadline that runs out;
   - misconfigurations: no seed answers (68), no node serves the lock's
-    slot (68), each one line.
+    slot (68), a cluster node configured as a single server (76), each
+    one line.
 """
 
 import os
@@ -82,8 +83,9 @@ def test_cluster_master_failover_keeps_exactly_one_command(workdir):
         cluster = Cluster(workdir, redis.url(), ttl=ttl, refresh_interval=500, lockname=lockName)
         try:
             cluster.addNode()
-            cluster.addNode()
+            standby = cluster.addNode()
             holder, start = cluster.holder(timeout=20)
+            standby.waitForLog("waiting for lock")
             assert master.client().get(lockName) == start["holder"]
             watchUntil(cluster, lambda: _replicated(replica, lockName, start["holder"]), 5,
                        "the lock to reach the replica")
@@ -146,8 +148,11 @@ def test_cluster_misconfigurations_are_one_line_errors(workdir):
                                    beatcop), None),
             ("uncovered", writeConfig(os.path.join(workdir, "uncovered.ini"), {"url": redis.url()}, beatcop),
              None),
+            ("notcluster", writeConfig(os.path.join(workdir, "notcluster.ini"),
+                                       {"url": f"redis://127.0.0.1:{redis.servers[1].port}/0"}, beatcop), None),
         ]
         results = runTwistdConcurrently(cases)
+        assertOneLineError(*results["notcluster"], 76, "it is a Redis Cluster node", "redis+cluster://")
         assertOneLineError(*results["noseed"], 68, "Cannot reach Redis", "Connection refused")
         assertOneLineError(*results["uncovered"], 68, "Cannot reach Redis", "CLUSTERDOWN")
 

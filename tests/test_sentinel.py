@@ -69,9 +69,11 @@ def test_sentinel_failover_keeps_exactly_one_command(workdir, sentinels):
     try:
         writeConfig(cluster.configPath, sentinelRedisSection(sentinels), cluster.beatcopSection)
         environment = {"BEATCOP_TEST_SENTINEL_PASSWORD": SENTINEL_PASSWORD}
-        cluster.addNode(**environment)
-        cluster.addNode(**environment)
+        first = cluster.addNode(**environment)
+        second = cluster.addNode(**environment)
         holder, start = cluster.holder(timeout=20)
+        for node in (first, second):
+            node.waitForLog("waiting for lock")
         oldMaster = sentinels.master
         assert oldMaster.client(db=1).get(cluster.lockName) == start["holder"]
         replica = sentinels.replicas[0]

@@ -229,3 +229,56 @@ class UnixSocketUrlTests(TestCase):
 
     def test_hostPathWithDatabase(self):
         return self.check({("redis", "host"): self.server.unixSocketPath, ("redis", "database"): "4"}, 4)
+
+
+class TopologyExampleTests(SynchronousTestCase):
+    """
+    The example files of the README's "Redis topologies" load as they are
+    (given the files and environment variables they name).
+    """
+
+    def setUp(self):
+        self.directory = tempfile.mkdtemp(prefix="bte-")
+        self.addCleanup(shutil.rmtree, self.directory, True)
+        for name in ("BEATCOP_REDIS_PASSWORD", "BEATCOP_SENTINEL_PASSWORD"):
+            os.environ[name] = SECRET
+            self.addCleanup(os.environ.pop, name, None)
+
+    def example(self, name, **overrides):
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "examples", "topologies", name)
+        return loadConfig(path, {("redis", key): value for key, value in overrides.items()},
+                          checkProgram=False)
+
+    def test_cluster(self):
+        redis = self.example("cluster.ini").redis
+        self.assertEqual(len(redis.startupNodes), 3)
+
+    def test_sentinel(self):
+        redis = self.example("sentinel.ini").redis
+        self.assertEqual((redis.serviceName, redis.waitReplicas, redis.password, redis.sentinelPassword),
+                         ("mymaster", 1, SECRET, SECRET))
+        self.assertEqual(set(redis.secretEnvironment), {"BEATCOP_REDIS_PASSWORD", "BEATCOP_SENTINEL_PASSWORD"})
+
+    def test_tlsAcl(self):
+        from .topologies import Certificates
+
+        certificates = Certificates(self.directory)
+        passwordFile = os.path.join(self.directory, "password")
+        with open(passwordFile, "w") as f:
+            f.write(SECRET + "\n")
+        redis = self.example(
+            "tls-acl.ini", password_file=passwordFile, tls_ca_file=certificates.caCert,
+            tls_cert_file=certificates.clientCert, tls_key_file=certificates.clientKey,
+        ).redis
+        self.assertTrue(redis.tls and redis.tlsVerify)
+        self.assertEqual((redis.username, redis.password), ("beatcop", SECRET))
+
+    def test_twemproxy(self):
+        config = self.example("twemproxy.ini")
+        self.assertTrue(config.redis.proxy)
+        self.assertFalse(config.notify)
+
+    def test_unixSocket(self):
+        redis = self.example("unix-socket.ini").redis
+        self.assertEqual((redis.unixSocket, redis.database), ("/run/redis/redis-server.sock", 2))

@@ -10,6 +10,7 @@ nutcracker) are found by L{findTlsRedisServer} and L{findNutcracker}, which
 return L{None} so that a test can skip with the reason.
 """
 
+import atexit
 import datetime
 import ipaddress
 import os
@@ -473,6 +474,7 @@ def findTlsRedisServer():
         for candidate in ("/usr/bin/redis-check-rdb", shutil.which("redis-check-rdb")):
             if candidate and os.access(candidate, os.X_OK):
                 directory = tempfile.mkdtemp(prefix="tlsbin-")
+                atexit.register(shutil.rmtree, directory, True)
                 link = os.path.join(directory, "redis-server")
                 os.symlink(candidate, link)
                 if _supportsTls(link):
