@@ -706,7 +706,7 @@ class RedisClient:
                     lastProblem = e
                     asking = None
                     if not (yield self._pause(pause, deadline)):
-                        raise
+                        raise lastProblem
                     pause = min(_LONGEST_PAUSE, pause * 2)
                     continue
                 temporary = asking is not None
