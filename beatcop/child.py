@@ -14,7 +14,7 @@ from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
 
 from . import guard as _guardModule
-from .errors import ChildStartError
+from .errors import ChildStartError, LeaseLost
 
 GUARD_PATH = os.path.abspath(_guardModule.__file__.replace(".pyc", ".py"))
 
@@ -162,6 +162,10 @@ class ChildProcess(protocol.ProcessProtocol):
                 self.started.callback(self.commandPid)
             elif kind == "error" and not self.started.called:
                 self.started.errback(ChildStartError(rest))
+            elif kind == "lease-expired" and not self.started.called:
+                # Not the command's fault: the lease deadline passed while
+                # the guard was starting (a loaded or frozen host).
+                self.started.errback(LeaseLost(rest))
 
     _MAX_LINE = 65536
 

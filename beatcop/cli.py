@@ -66,7 +66,7 @@ def _loadConfig(options):
     overrides = {}
     if options.url:
         overrides[("redis", "url")] = options.url
-        for key in ("host", "port", "database", "startup_nodes"):
+        for key in ("host", "port", "database", "startup_nodes", "sentinels", "service_name"):
             overrides[("redis", key)] = None
     return loadConfig(options.config, overrides, checkProgram=False)
 

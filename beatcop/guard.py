@@ -64,6 +64,60 @@ def _killGroup(sig):
         pass
 
 
+def _killRestOfGroup():
+    """
+    SIGKILL the other processes of our group: whatever the command forked
+    and left behind when it exited.  BeatCop kills the group when the guard
+    exits, but not while it is frozen; and the guard cannot killpg its own
+    group without dying before it has passed the command's status on, so it
+    finds them in /proc (Linux; elsewhere BeatCop's killpg still follows).
+    """
+    me, group = os.getpid(), os.getpgrp()
+    for _ in range(50):
+        others = []
+        try:
+            names = os.listdir("/proc")
+        except OSError:
+            return
+        for name in names:
+            if not name.isdigit() or int(name) == me:
+                continue
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            # state, ppid, pgrp, ...: zombies are dead already
+            if len(fields) > 2 and fields[0] != b"Z" and int(fields[2]) == group:
+                others.append(int(name))
+        if not others:
+            return
+        for pid in others:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.002)
+
+
+def _readDeadlines(control, buffered, deadline):
+    """
+    Apply the C{deadline} lines waiting on the control pipe, without
+    blocking; C{(buffered, deadline, open)}.
+    """
+    while select.select([control], [], [], 0)[0]:
+        data = control.read(4096)
+        if not data:
+            return buffered, deadline, False
+        buffered += data
+        *lines, buffered = buffered.split(b"\n")
+        for line in lines:
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == b"deadline":
+                deadline = float(parts[1])
+    return buffered, deadline, True
+
+
 def _report(text):
     try:
         os.write(STATUS_FD, (text.replace("\n", " ") + "\n").encode("utf-8", "replace"))
@@ -98,8 +152,12 @@ def main(argv):
         if sig != PARENT_DIED:
             signal.signal(sig, lambda *a: None)
 
+    # BeatCop keeps refreshing (and sending deadlines) while this process
+    # starts, which may take long on a loaded host: go by the newest one.
+    control = os.fdopen(CONTROL_FD, "rb", buffering=0)
+    buffered, deadline, _ = _readDeadlines(control, b"", deadline)
     if time.monotonic() >= deadline - grace:
-        _report("error the lease ran out before the command could start")
+        _report("lease-expired the lease ran out before the command could start")
         return 75
 
     def childSetup():
@@ -118,8 +176,6 @@ def main(argv):
         childFd = os.pidfd_open(child.pid)
     except (AttributeError, OSError):
         childFd = None
-    control = os.fdopen(CONTROL_FD, "rb", buffering=0)
-    buffered = b""
     stopSent = False
 
     while True:
@@ -148,6 +204,9 @@ def main(argv):
                     deadline = float(parts[1])
         status = child.poll()
         if status is not None:
+            # Nothing of this run may outlive the command, even while BeatCop
+            # is frozen and cannot kill the group itself.
+            _killRestOfGroup()
             if status < 0:
                 # Die the way the command died, so BeatCop sees the same.
                 # SIGKILL (and SIGSTOP) cannot be caught: nothing to reset.

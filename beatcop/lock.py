@@ -108,6 +108,13 @@ if floor > 0 and not redis.call('GET', KEYS[2]) then
   redis.call('SET', KEYS[1], 'beatcop:lost-data', 'NX', 'PX', ARGV[2])
   return {0, floor, redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[1])}
 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  -- Ours already: an earlier attempt of this node was applied after it had
+  -- given up on its answer (a reply timeout).  Take it up, with the token
+  -- that acquisition drew, rather than wait a whole TTL for it to expire.
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {1, math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), floor), tonumber(ARGV[2]), ARGV[1]}
+end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local token = redis.call('INCR', KEYS[2])
   if token <= floor then

@@ -3,7 +3,9 @@ A BeatCop node: an L{IService} that waits for the lease, runs the command
 while it holds it, and stops the command before the lease could have run out.
 
 The node's life is one explicit state machine (L{NodeState}, transitions in
-L{_TRANSITIONS}).  The lease arithmetic, in reactor seconds:
+L{_TRANSITIONS}).  The lease arithmetic, in seconds of the monotonic clock
+(C{CLOCK_MONOTONIC}, which the lease guard shares; never the wall clock,
+which can be stepped while a refresh is in flight):
 
   - every acquisition or refresh that Redis confirms proves the lease until
     C{sent + ttl}, where C{sent} is when the command was I{sent} (Redis starts
@@ -455,7 +457,7 @@ class BeatCopService(service.Service):
         The holder released the lock (or the listener may have missed a
         release): try at once, within the spread.
         """
-        if self.state is NodeState.STANDBY and self._reactor.seconds() >= self._notBefore:
+        if self.state is NodeState.STANDBY and self._monotonic() >= self._notBefore:
             self._scheduleAttempt(self._random.uniform(0, ATTEMPT_SPREAD))
 
     # -- standby ---------------------------------------------------------
@@ -468,7 +470,7 @@ class BeatCopService(service.Service):
     def _attempt(self):
         if self.state is not NodeState.STANDBY:
             return
-        sentAt = self._reactor.seconds()
+        sentAt = self._monotonic()
         d = self._acquiring = self.lock.acquire()
 
         def settled(result):
@@ -593,13 +595,13 @@ class BeatCopService(service.Service):
         """
         if not self.holdsLease:
             return
-        sentAt = self._reactor.seconds()
+        sentAt = self._monotonic()
         d = self.lock.refresh()
         d.addCallbacks(self._refreshed, self._refreshFailed, callbackArgs=(sentAt,))
         self._track(d)
 
     def _refreshed(self, outcome, sentAt):
-        self._tell("refreshed", self._reactor.seconds() - sentAt)
+        self._tell("refreshed", self._monotonic() - sentAt)
         if not self.holdsLease:
             return None
         self._redisRecovered()
@@ -618,7 +620,7 @@ class BeatCopService(service.Service):
                 lock=self.lock.lockName,
                 token=self.lock.token,
             )
-            reclaimSentAt = self._reactor.seconds()
+            reclaimSentAt = self._monotonic()
             d = self.lock.reclaim()
             d.addCallbacks(self._reclaimed, self._refreshFailed, callbackArgs=(reclaimSentAt,))
             return d
@@ -660,7 +662,7 @@ class BeatCopService(service.Service):
         self._tell("refreshFailed", failure.value)
         if not self.holdsLease:
             return
-        left = self.provenUntil - self._reactor.seconds()
+        left = self.provenUntil - self._monotonic()
         self.log.warn(
             "Lease refresh failed: {error}; the lease is proven for {left:.0f} ms more",
             error=str(failure.value),
@@ -680,7 +682,7 @@ class BeatCopService(service.Service):
 
         @return: whether the stop point has passed (and the lease is lost).
         """
-        if self._reactor.seconds() < self._stopPoint():
+        if self._monotonic() < self._stopPoint():
             return False
         self._leaseLost(
             "the lease could not be refreshed in time (Redis unreachable, too slow, or this process was paused)"
@@ -696,7 +698,7 @@ class BeatCopService(service.Service):
             return
         self.provenUntil = provenUntil
         self._cancelDeadline()
-        delay = max(0.0, self._stopPoint() - self._reactor.seconds())
+        delay = max(0.0, self._stopPoint() - self._monotonic())
         self._deadlineCall = self._reactor.callLater(delay, self._deadlinePassed)
         if self.child is not None:
             self.child.extendDeadline(self._guardKillBy())
@@ -708,8 +710,7 @@ class BeatCopService(service.Service):
         (which is due a whole margin before), so that the guard is the
         backstop, not the first to act.
         """
-        killBy = self.provenUntil - self.config.safetyMargin / 2000.0
-        return self._monotonic() + (killBy - self._reactor.seconds())
+        return self.provenUntil - self.config.safetyMargin / 2000.0
 
     def _deadlinePassed(self):
         self._deadlineCall = None
@@ -729,7 +730,7 @@ class BeatCopService(service.Service):
         if self.provenUntil is None:
             return grace
         killBy = self.provenUntil - self.config.safetyMargin / 1000.0
-        return max(0.0, min(grace, killBy - self._reactor.seconds()))
+        return max(0.0, min(grace, killBy - self._monotonic()))
 
     def _leaseLost(self, why, exitCode=EX_UNAVAILABLE):
         """
@@ -784,7 +785,7 @@ class BeatCopService(service.Service):
             **({"output": config.childOutput} if config.childOutput != "inherit" else {}),
         )
         self.child = child
-        self.childStartedAt = self._reactor.seconds()
+        self.childStartedAt = self._monotonic()
         started = child.start()
         started.addCallbacks(self._childStarted, self._childFailedToStart, callbackArgs=(child,), errbackArgs=(child,))
         self._track(started)
@@ -853,7 +854,7 @@ class BeatCopService(service.Service):
             self._release()
 
     def _scheduleRestart(self):
-        ranFor = self._reactor.seconds() - (self.childStartedAt or 0)
+        ranFor = self._monotonic() - (self.childStartedAt or 0)
         maxDelay = self.config.restartMaxDelay / 1000.0
         if ranFor >= maxDelay:
             self._restartDelay = self.config.restartDelay / 1000.0
@@ -903,7 +904,7 @@ class BeatCopService(service.Service):
                     return
                 # Give the other nodes a whole lease to take it first.
                 wait = self.config.ttl / 1000.0
-                self._notBefore = self._reactor.seconds() + wait
+                self._notBefore = self._monotonic() + wait
                 self._scheduleAttempt(wait + self._random.uniform(0, ATTEMPT_SPREAD))
             else:
                 self._finish(exitCode, "released")

@@ -72,7 +72,7 @@ class Options(usage.Options):
             overrides[("beatcop", "shell")] = "yes"
         if self["url"] is not None:
             # --url replaces wherever the file says Redis is.
-            for key in ("host", "port", "database", "startup_nodes"):
+            for key in ("host", "port", "database", "startup_nodes", "sentinels", "service_name"):
                 overrides[("redis", key)] = None
         try:
             self.beatcopConfig = loadConfig(self["config"], overrides)

@@ -21,7 +21,7 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
 from beatcop.child import ChildExit, ChildProcess
-from beatcop.errors import EX_OSERR, ChildStartError
+from beatcop.errors import EX_OSERR, ChildStartError, LeaseLost
 
 from .redisserver import temporaryDirectory
 
@@ -329,10 +329,11 @@ class StartFailureTests(ChildTestCase):
     def test_deadlineAlreadyPast(self):
         """
         A guard whose deadline has passed (less than the grace left) does not
-        start the command.
+        start the command, and says the lease ran out (L{LeaseLost}, exit 69
+        for the node: the host was too slow, the command is not at fault).
         """
         child = self.makeChild(["sleep", "30"], killGrace=0.5, killBy=time.monotonic())
-        failure = yield self.assertFailure(bounded(child.start()), ChildStartError)
+        failure = yield self.assertFailure(bounded(child.start()), LeaseLost)
         self.assertIn("lease ran out", str(failure))
         ended = yield bounded(child.ended)
         self.assertEqual(ended.code, 75)

@@ -812,3 +812,22 @@ class UnexpectedReplyTests(SynchronousTestCase):
             [5, LOCK, fencingKeyFor(LOCK), "{%s}:nodes" % LOCK, "{%s}:paused" % LOCK, "{%s}:handover" % LOCK,
              "h", 1000, 0, "", 3000],
         )
+
+
+class LateAcquisitionTests(RealRedisMixin, TestCase):
+    @defer.inlineCallbacks
+    def test_anAcquisitionAppliedAfterItsTimeoutIsTakenUp(self):
+        """
+        An acquisition that Redis applied after the node gave up on its
+        answer leaves the node's own id in the key: the next attempt takes it
+        up (refreshing it) with the token that acquisition drew, instead of
+        waiting a whole TTL for its own key to expire.
+        """
+        lock = self.makeLock()
+        self.redis.set(LOCK, lock.holderId, px=TTL)
+        self.redis.set(fencingKeyFor(LOCK), 5)
+        attempt = yield lock.acquire()
+        self.assertTrue(attempt.acquired)
+        self.assertEqual((attempt.token, lock.token), (5, 5))
+        self.assertEqual(self.redis.get(fencingKeyFor(LOCK)), "5")
+        self.assertPttlNear(LOCK, TTL)
