@@ -106,14 +106,55 @@ class ChildProcess(protocol.ProcessProtocol):
         self.output = output
         self._outputBuffers = {1: b"", 2: b""}
         self.stopping = False
+        # Started ahead and waiting for "go" (see L{arm}); told to go.
+        self.armed = False
+        self._wasArmed = False
+        self._went = False
+
+    def arm(self):
+        """
+        Start the guard ahead, waiting: a standby does this so that winning
+        the lease costs one pipe write, not an interpreter's start-up.  The
+        command's environment is fixed now, except its fencing token, which
+        L{start} sends.
+        """
+        self._wasArmed = True
+        self._spawn(armed=True)
+        self.armed = self._exit is None
+
+    def disarm(self):
+        """
+        Let a guard started ahead go without starting anything (it exits
+        when its control pipe closes).
+        """
+        if self.armed and self.transport is not None and self._exit is None:
+            self.armed = False
+            try:
+                self.transport.closeChildFD(3)
+            except (OSError, KeyError):
+                pass
 
     def start(self):
         """
-        Spawn the guard, which spawns the command.
+        Start the command: tell a guard started ahead (L{arm}) to go, or
+        spawn the guard, which spawns the command.
 
         @return: C{self.started}, firing with the command's pid, or failing
             with L{ChildStartError} if it could not be started.
         """
+        self._went = True
+        if self.armed:
+            self.armed = False
+            token = self.environment.get("BEATCOP_FENCING_TOKEN", "0")
+            try:
+                self.transport.writeToChild(3, f"go {float(self.killBy)!r} {token}\n".encode())
+            except (OSError, KeyError) as e:
+                self.started.errback(ChildStartError(f"the lease guard started ahead is gone: {e}"))
+            return self.started
+        self._spawn(armed=False)
+        return self.started
+
+    def _spawn(self, armed):
         args = [
             self._python,
             # Isolated: PYTHONHOME, PYTHONPATH and the like in the environment
@@ -126,6 +167,7 @@ class ChildProcess(protocol.ProcessProtocol):
             "--kill-grace", repr(float(self.killGrace)),
             "--deadline", repr(float(self.killBy)),
             "--shell", "1" if self.shell else "0",
+            "--armed", "1" if armed else "0",
             "--",
             *self.argv,
         ]
@@ -142,7 +184,6 @@ class ChildProcess(protocol.ProcessProtocol):
         except OSError as e:
             self.started.errback(ChildStartError(f"cannot start the lease guard: {e}"))
             self.ended.callback(ChildExit(code=127))
-        return self.started
 
     def connectionMade(self):
         self.pid = self.transport.pid
@@ -280,6 +321,6 @@ class ChildProcess(protocol.ProcessProtocol):
             except OSError:
                 pass
         self._exit = result
-        if not self.started.called:
+        if not self.started.called and (self._went or not self._wasArmed):
             self.started.errback(ChildStartError(f"the command {result.describe()} before it started"))
         self.ended.callback(result)

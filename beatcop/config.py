@@ -281,6 +281,8 @@ class Config:
     @ivar notify: publish a message when the lock is released, and listen
         for it while standing by, so that a standby takes over at once
         (off for proxies without pub/sub; standbys then only poll).
+    @ivar prestartGuard: a standby keeps the lease guard process started
+        and waiting, so that a takeover starts the command at once.
     @ivar metricsPort: serve Prometheus metrics and a health check over
         HTTP on this TCP port (C{None}: off).
     @ivar metricsAddress: the address that listener binds.
@@ -314,6 +316,7 @@ class Config:
     restartMaxDelay: int = DEFAULT_RESTART_MAX_DELAY
     notify: bool = True
     standbyMaxWait: int | None = None
+    prestartGuard: bool = True
     metricsPort: int | None = None
     metricsAddress: str = "127.0.0.1"
     childOutput: str = "inherit"
@@ -399,6 +402,7 @@ BEATCOP_KEYS = frozenset(
         "metrics_port",
         "metrics_address",
         "child_output",
+        "prestart_guard",
     }
 )
 _KNOWN_KEYS = {"redis": REDIS_KEYS, "beatcop": BEATCOP_KEYS}
@@ -799,6 +803,7 @@ def loadConfig(path=None, overrides=None, checkProgram=True):
                 "beatcop", "metrics_port", "needs the prometheus_client library: pip install 'beatcop[metrics]'"
             )
     metricsAddress = reader.text("beatcop", "metrics_address") or "127.0.0.1"
+    prestartGuard = reader.boolean("beatcop", "prestart_guard", True)
     childOutput = (reader.text("beatcop", "child_output") or "inherit").lower()
     if childOutput not in ("inherit", "log"):
         reader.fail("beatcop", "child_output", f"not inherit or log: {childOutput!r}")
@@ -823,6 +828,7 @@ def loadConfig(path=None, overrides=None, checkProgram=True):
         notify=notify,
         standbyMaxWait=standbyMaxWait,
         metricsPort=metricsPort,
+        prestartGuard=prestartGuard,
         metricsAddress=metricsAddress,
         childOutput=childOutput,
         environment=environment,

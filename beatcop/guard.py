@@ -22,10 +22,15 @@ library so that it starts in milliseconds.  It:
      the command) and exits as the command did, so that BeatCop sees the
      command's own exit status.
 
+A standby may start the guard ahead (C{--armed 1}): it then waits, with
+nothing started, until BeatCop wins the lease and sends C{go}, so that the
+interpreter's start-up is not on the takeover's critical path.
+
 Control pipe (fd 3, from BeatCop), one line per message:
+    go SECONDS TOKEN    (armed only) start now, kill-by time, fencing token
     deadline SECONDS    new kill-by time on CLOCK_MONOTONIC
 Status pipe (fd 4, to BeatCop):
-    started PID | error TEXT
+    started PID | error TEXT | lease-expired TEXT
 """
 
 import ctypes
@@ -102,20 +107,42 @@ def _killRestOfGroup():
 
 def _readDeadlines(control, buffered, deadline):
     """
-    Apply the C{deadline} lines waiting on the control pipe, without
-    blocking; C{(buffered, deadline, open)}.
+    Apply the C{deadline} lines already buffered or waiting on the control
+    pipe, without blocking; C{(buffered, deadline, open)}.
     """
-    while select.select([control], [], [], 0)[0]:
-        data = control.read(4096)
-        if not data:
-            return buffered, deadline, False
-        buffered += data
+    while True:
         *lines, buffered = buffered.split(b"\n")
         for line in lines:
             parts = line.split()
             if len(parts) == 2 and parts[0] == b"deadline":
                 deadline = float(parts[1])
-    return buffered, deadline, True
+        if not select.select([control], [], [], 0)[0]:
+            return buffered, deadline, True
+        data = control.read(4096)
+        if not data:
+            return buffered, deadline, False
+        buffered += data
+
+
+def _waitForGo(control):
+    """
+    A warm guard's wait: block until BeatCop sends C{go DEADLINE TOKEN}
+    (it acquired the lease); C{(rest of the buffer, deadline, token)}, or
+    C{None} when the pipe closes first (the node left).
+    """
+    buffered = b""
+    while True:
+        *lines, rest = buffered.split(b"\n")
+        for index, line in enumerate(lines):
+            parts = line.split()
+            if len(parts) == 3 and parts[0] == b"go":
+                remaining = b"\n".join(lines[index + 1 :] + [rest])
+                return remaining, float(parts[1]), parts[2].decode("ascii")
+        buffered = rest
+        data = control.read(4096)
+        if not data:
+            return None
+        buffered += data
 
 
 def _report(text):
@@ -141,6 +168,7 @@ def main(argv):
     grace = float(options["kill-grace"])
     deadline = float(options["deadline"])
     shell = options.get("shell") == "1"
+    armed = options.get("armed") == "1"
 
     os.setsid()
     signal.signal(PARENT_DIED, lambda *a: _killGroup(signal.SIGKILL))
@@ -152,10 +180,19 @@ def main(argv):
         if sig != PARENT_DIED:
             signal.signal(sig, lambda *a: None)
 
+    control = os.fdopen(CONTROL_FD, "rb", buffering=0)
+    buffered = b""
+    if armed:
+        # Started ahead, by a standby: the interpreter's start-up is paid
+        # before the lease is won, not after.  Wait for the word.
+        go = _waitForGo(control)
+        if go is None:
+            return 0
+        buffered, deadline, token = go
+        os.environ["BEATCOP_FENCING_TOKEN"] = token
     # BeatCop keeps refreshing (and sending deadlines) while this process
     # starts, which may take long on a loaded host: go by the newest one.
-    control = os.fdopen(CONTROL_FD, "rb", buffering=0)
-    buffered, deadline, _ = _readDeadlines(control, b"", deadline)
+    buffered, deadline, _ = _readDeadlines(control, buffered, deadline)
     if time.monotonic() >= deadline - grace:
         _report("lease-expired the lease ran out before the command could start")
         return 75

@@ -179,6 +179,8 @@ class BeatCopService(service.Service):
         self._childFactory = childFactory
         self._listenerFactory = listenerFactory or ReleaseListener
         self._listener = None
+        # The lease guard started ahead while standing by, or None.
+        self._armed = None
         self._unixSocket = None
         # A standby ignores release notifications before this (reactor
         # seconds): after handing the lock over, the others go first.
@@ -338,6 +340,7 @@ class BeatCopService(service.Service):
             if call is not None and call.active():
                 call.cancel()
         self.log.info("Finished ({why}), exit code {code}", why=why, code=exitCode)
+        self._disarm()
         if self._client is not None:
             closing = self._leave()
             closing.addBoth(lambda _: self.client.close())
@@ -470,6 +473,7 @@ class BeatCopService(service.Service):
     def _attempt(self):
         if self.state is not NodeState.STANDBY:
             return
+        self._armGuard()
         sentAt = self._monotonic()
         d = self._acquiring = self.lock.acquire()
 
@@ -771,19 +775,55 @@ class BeatCopService(service.Service):
         )
         return environment
 
-    def _startChild(self):
+    def _makeChild(self, killBy):
         config = self.config
-        child = self._childFactory(
+        return self._childFactory(
             self._reactor,
             config.argv(),
             self._childEnvironment(),
             config.stopSignal,
             config.killGrace / 1000.0,
-            self._guardKillBy(),
+            killBy,
             monotonic=self._monotonic,
             shell=config.shell,
             **({"output": config.childOutput} if config.childOutput != "inherit" else {}),
         )
+
+    def _armGuard(self):
+        """
+        A standby starts the lease guard ahead (C{prestart_guard}), so that
+        winning the lease costs a pipe write rather than an interpreter's
+        start-up.  Re-armed lazily if that guard dies.
+        """
+        if not self.config.prestartGuard or self._armed is not None or self.state is not NodeState.STANDBY:
+            return
+        child = self._makeChild(0.0)
+        if getattr(child, "arm", None) is None:
+            return
+        self._armed = child
+        child.arm()
+        self._track(child.ended.addCallback(self._armedEnded, child))
+
+    def _armedEnded(self, result, child):
+        if child is self._armed:
+            self._armed = None
+        return result  # the same child may be the command by now
+
+    def _disarm(self):
+        armed, self._armed = self._armed, None
+        if armed is not None:
+            armed.disarm()
+
+    def _startChild(self):
+        armed, self._armed = self._armed, None
+        if armed is not None and armed.armed:
+            child = armed
+            child.environment.update(BEATCOP_FENCING_TOKEN=str(self.lock.token))
+            child.killBy = self._guardKillBy()
+        else:
+            if armed is not None:
+                armed.disarm()
+            child = self._makeChild(self._guardKillBy())
         self.child = child
         self.childStartedAt = self._monotonic()
         started = child.start()

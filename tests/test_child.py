@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
 from beatcop.child import ChildExit, ChildProcess
@@ -583,3 +583,55 @@ class EnvironmentTests(ChildTestCase):
         self.assertEqual(ended.code, 0)
         with open(out) as f:
             self.assertEqual(f.read().split(), ["/nonexistent/python", poisoned])
+
+
+class ArmedGuardTests(ChildTestCase):
+    """
+    A guard started ahead (L{ChildProcess.arm}) starts nothing until told
+    to go, then starts the command with the fencing token it was sent.
+    """
+
+    @defer.inlineCallbacks
+    def test_armedGuardWaitsThenGoes(self):
+        out = self.path("token")
+        child = self.makeChild(
+            self.script("token.py", f"import os\nopen({out!r}, 'w').write(os.environ['BEATCOP_FENCING_TOKEN'])\n"),
+            environment=dict(os.environ, BEATCOP_FENCING_TOKEN="None"),
+        )
+        child.arm()
+        yield waitUntil(lambda: child.pid is not None, "the guard to be spawned")
+        # A guard that is up and waiting has started nothing.
+        yield task.deferLater(reactor, 0.3, lambda: None)
+        self.assertFalse(os.path.exists(out))
+        self.assertFalse(child.started.called)
+        child.environment["BEATCOP_FENCING_TOKEN"] = "42"
+        child.killBy = time.monotonic() + 60
+        pid = yield bounded(child.start())
+        self.assertIsInstance(pid, int)
+        ended = yield bounded(child.ended)
+        self.assertEqual(ended.code, 0)
+        with open(out) as f:
+            self.assertEqual(f.read(), "42")
+
+    @defer.inlineCallbacks
+    def test_disarmedGuardLeavesQuietly(self):
+        out = self.path("ran")
+        child = self.makeChild(self.script("ran.py", f"open({out!r}, 'w').write('ran')\n"))
+        child.arm()
+        yield waitUntil(lambda: child.pid is not None, "the guard to be spawned")
+        child.disarm()
+        ended = yield bounded(child.ended)
+        self.assertEqual(ended.code, 0)
+        self.assertFalse(os.path.exists(out))
+        self.assertFalse(child.started.called)  # and no unhandled failure
+
+    @defer.inlineCallbacks
+    def test_armedGuardStillHonoursTheDeadline(self):
+        child = self.makeChild(["sleep", "30"], killGrace=0.2)
+        child.arm()
+        yield waitUntil(lambda: child.pid is not None, "the guard to be spawned")
+        child.killBy = time.monotonic() + 1.0
+        pid = yield bounded(child.start())
+        ended = yield bounded(child.ended)
+        self.assertIn(ended.code, (128 + signal.SIGTERM, 128 + signal.SIGKILL))
+        self.assertFalse(os.path.exists(f"/proc/{pid}"))

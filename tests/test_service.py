@@ -68,6 +68,9 @@ def makeConfig(**changes):
         restartDelay=1000,
         restartMaxDelay=8000,
         environment={"FROM_CONFIG": "yes"},
+        # Off here so that self.children holds the commands only; the
+        # guard started ahead has tests of its own (PrestartGuardTests).
+        prestartGuard=False,
     )
     return dataclasses.replace(config, **changes)
 
@@ -182,8 +185,23 @@ class FakeChild:
         self.deadlines = []  # [(reactor time, killBy)]
         self.stops = []  # [(reactor time, grace)]
         self.signals = []  # [(reactor time, signal)]
+        self.armed = False
+        self.armedAt = None
+        self.startedAt = None
+        self.disarmedAt = None
+
+    def arm(self):
+        self.armed = True
+        self.armedAt = self.clock.seconds()
+
+    def disarm(self):
+        if self.armed:
+            self.armed = False
+            self.disarmedAt = self.clock.seconds()
 
     def start(self):
+        self.armed = False
+        self.startedAt = self.clock.seconds()
         return self.started
 
     def extendDeadline(self, killBy):
@@ -1225,3 +1243,53 @@ class OperatorTests(ServiceTestCase):
         self.assertEqual(info["token"], 7)
         self.assertIsNotNone(info["since"])
         self.assertEqual(info["pid"], os.getpid())
+
+
+class PrestartGuardTests(ServiceTestCase):
+    """
+    A standby starts the lease guard ahead; winning the lease tells it to go.
+    """
+
+    def test_standbyArmsAGuardThatTheAcquisitionStarts(self):
+        self.startNode(startAt=10.0, prestartGuard=True)
+        (armed,) = self.children
+        self.assertEqual(armed.armedAt, 10.0)
+        self.assertIsNone(armed.startedAt)
+        self.lock.answer("acquire", Attempt(False, 6, 700, OTHER))
+        self.advanceTo(10.701)
+        self.assertEqual(len(self.children), 1, "no second guard while one waits")
+        self.lock.answer("acquire", Attempt(True, 7, 5000, HOLDER))
+        self.assertEqual(len(self.children), 1)
+        self.assertEqual(armed.startedAt, 10.701)
+        self.assertEqual(armed.environment["BEATCOP_FENCING_TOKEN"], "7")
+        self.assertAlmostEqual(armed.killBy, 10.701 + GUARD_AFTER, places=PLACES)
+        self.assertIs(self.node.child, armed)
+
+    def test_aGuardThatDiedIsReplacedAtTheNextAttempt(self):
+        self.startNode(startAt=10.0, prestartGuard=True)
+        (first,) = self.children
+        first.ended.callback(ChildExit(code=1))
+        self.lock.answer("acquire", Attempt(False, 6, 700, OTHER))
+        self.advanceTo(10.701)
+        self.assertEqual(len(self.children), 2)
+        self.assertEqual(self.children[1].armedAt, 10.701)
+
+    def test_stoppingAStandbyLetsItsGuardGo(self):
+        self.startNode(startAt=10.0, prestartGuard=True)
+        self.lock.answer("acquire", Attempt(False, 6, 4000, OTHER))
+        self.node.stopService()
+        self.assertEqual(self.children[0].disarmedAt, 10.0)
+        self.assertEqual(self.exitCodes, [EX_OK])
+
+    def test_afterAHandoverTheStandbyArmsAgain(self):
+        self.startNode(startAt=10.0, prestartGuard=True)
+        self.lock.answer("acquire", Attempt(True, 7, 5000, HOLDER))
+        command = self.children[0]
+        command.reportStarted()
+        self.advanceTo(11.0)
+        self.lock.answer("refresh", RefreshOutcome.HANDOVER)
+        command.exit(code=0)
+        self.lock.answer("release", True)
+        self.advanceTo(11.0 + TTL)
+        self.assertEqual(len(self.children), 2)
+        self.assertEqual(self.children[1].armedAt, 16.0)
