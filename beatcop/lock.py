@@ -83,6 +83,33 @@ end
 """
 
 
+# A standby's place in line: how many live standbys have a smaller id.  The
+# first in line tries right when the lock frees, the others a little later
+# each (see beatcop.service.RANK_STEP), so that a hundred standbys do not all
+# hit Redis in the same instant; whoever is first still wins at once.
+_RANK_FUNCTION = """
+local function rank()
+  local entries = redis.call('HGETALL', KEYS[3])
+  if #entries == 0 then return 0 end
+  local t = redis.call('TIME')
+  local now = t[1] * 1000 + math.floor(t[2] / 1000)
+  local live = tonumber(ARGV[5]) / 3 + 500
+  local holder = redis.call('GET', KEYS[1])
+  local before = 0
+  for i = 1, #entries, 2 do
+    local id = entries[i]
+    if id < ARGV[1] and id ~= holder then
+      local seen = tonumber(string.match(entries[i + 1], '^(%d+)'))
+      if seen and now - seen <= live then
+        before = before + 1
+      end
+    end
+  end
+  return before
+end
+"""
+
+
 ACQUIRE = Script(
     "acquire",
     """
@@ -92,6 +119,7 @@ ACQUIRE = Script(
 -- growing even if Redis lost the counter.
 """
     + _REGISTER_FUNCTION
+    + _RANK_FUNCTION
     + """register()
 local floor = tonumber(ARGV[3])
 if redis.call('EXISTS', KEYS[4]) == 1 then
@@ -106,7 +134,7 @@ if floor > 0 and not redis.call('GET', KEYS[2]) then
   -- replace; if the holder is gone, it expires and the standbys take over.
   redis.call('SET', KEYS[2], floor)
   redis.call('SET', KEYS[1], 'beatcop:lost-data', 'NX', 'PX', ARGV[2])
-  return {0, floor, redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[1])}
+  return {0, floor, redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[1]), rank()}
 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   -- Ours already: an earlier attempt of this node was applied after it had
@@ -124,7 +152,7 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {1, token, tonumber(ARGV[2]), ARGV[1]}
 end
 local fence = tonumber(redis.call('GET', KEYS[2]) or '0')
-return {0, fence, redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[1])}
+return {0, fence, redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[1]), rank()}
 """,
 )
 
@@ -245,12 +273,15 @@ class Attempt:
         took it; -1 if the holder's key has no expiry, -2 if it vanished in
         between).
     @ivar holder: the holder's id.
+    @ivar rank: when not acquired, how many live standbys are before this
+        one in line (ordered by id), so that they try one after another.
     """
 
     acquired: bool
     token: int
     pttl: int
     holder: str | None
+    rank: int = 0
 
 
 def newHolderId():
@@ -405,8 +436,10 @@ class RedisLock:
 
     def _attempted(self, reply):
         try:
-            acquired, token, pttl, holder = reply
-            attempt = Attempt(bool(int(acquired)), int(token), int(pttl), holder)
+            acquired, token, pttl, holder, *more = reply
+            if len(more) > 1:
+                raise ValueError(f"{len(reply)} elements")
+            attempt = Attempt(bool(int(acquired)), int(token), int(pttl), holder, int(more[0]) if more else 0)
         except (TypeError, ValueError) as e:
             raise RedisProtocolError(f"unexpected reply to the acquire script: {reply!r} ({e})")
         self.highestToken = max(self.highestToken, attempt.token)

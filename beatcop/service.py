@@ -63,6 +63,12 @@ MINIMUM_REDIS = (2, 6, 12)
 # hit Redis in the same instant; the first to arrive wins either way.
 ATTEMPT_SPREAD = 0.010
 
+# Standbys take turns when the lock frees: the one ranked r (by id, among the
+# live standbys; see beatcop.lock) tries r steps after the first, so that a
+# hundred of them cost Redis a trickle, not a burst, and the first in line
+# still takes over at once.  Never more than half a lease late.
+RANK_STEP = 0.010
+
 
 class NodeState(enum.Enum):
     STOPPED = "stopped"  # not started yet
@@ -190,6 +196,7 @@ class BeatCopService(service.Service):
         self._operatorStop = None
         self._holdingSince = None
         self._pausedSeen = False
+        self._rank = 0
         self.state = NodeState.STOPPED
         self.exitCode = None
         self.child = None
@@ -461,7 +468,7 @@ class BeatCopService(service.Service):
         release): try at once, within the spread.
         """
         if self.state is NodeState.STANDBY and self._monotonic() >= self._notBefore:
-            self._scheduleAttempt(self._random.uniform(0, ATTEMPT_SPREAD))
+            self._scheduleAttempt(self._turn() + self._random.uniform(0, ATTEMPT_SPREAD))
 
     # -- standby ---------------------------------------------------------
 
@@ -526,6 +533,7 @@ class BeatCopService(service.Service):
                 lock=self.lock.lockName,
                 pttl=attempt.pttl,
             )
+        self._rank = attempt.rank
         self._scheduleAttempt(self._nextAttemptDelay(attempt.pttl))
 
     def _nextAttemptDelay(self, pttl):
@@ -539,12 +547,18 @@ class BeatCopService(service.Service):
         """
         maxWait = (self.config.standbyMaxWait or self.config.ttl) / 1000.0
         if pttl >= 0:
-            delay = min(maxWait, pttl / 1000.0 + 0.001)
+            delay = min(maxWait, pttl / 1000.0 + 0.001 + self._turn())
         elif pttl == -2:
             delay = 0.0
         else:
             delay = maxWait
         return delay + self._random.uniform(0, ATTEMPT_SPREAD)
+
+    def _turn(self):
+        """
+        How long after the first in line this standby tries (L{RANK_STEP}).
+        """
+        return min(self._rank * RANK_STEP, self.config.ttl / 2000.0)
 
     def _attemptFailed(self, failure):
         failure.trap(BeatCopError)

@@ -29,6 +29,7 @@ from beatcop.lock import (
     RedisLock,
     RefreshOutcome,
     fencingKeyFor,
+    registryKeyFor,
 )
 from beatcop.redisconn import RedisClient, RedisCommandError
 
@@ -765,7 +766,7 @@ class UnexpectedReplyTests(SynchronousTestCase):
     """
 
     def test_acquire(self):
-        for reply in ["OK", None, 1, [1, 2], [1, 2, 3, 4, 5], ["yes", 1, 1000, "h"], [1, None, 1000, "h"], [1, 2, "x", "h"]]:
+        for reply in ["OK", None, 1, [1, 2], [1, 2, 3, 4, 5, 6], [0, 2, 3, "h", "x"], ["yes", 1, 1000, "h"], [1, None, 1000, "h"], [1, 2, "x", "h"]]:
             lock = RedisLock(FakeClient(reply), LOCK, 1000)
             failure = self.failureResultOf(lock.acquire(), RedisProtocolError)
             self.assertIn("unexpected reply to the acquire script", str(failure.value))
@@ -831,3 +832,29 @@ class LateAcquisitionTests(RealRedisMixin, TestCase):
         self.assertEqual((attempt.token, lock.token), (5, 5))
         self.assertEqual(self.redis.get(fencingKeyFor(LOCK)), "5")
         self.assertPttlNear(LOCK, TTL)
+
+
+class RankTests(RealRedisMixin, TestCase):
+    @defer.inlineCallbacks
+    def test_standbysAreRankedByIdAmongTheLiveOnes(self):
+        """
+        A failed attempt says how many live standbys come before this one
+        (by id), leaving out the holder and entries not seen lately.
+        """
+        client = self.makeClient()
+        describe = lambda: {"state": "standby"}  # noqa: E731
+        holder = self.makeLock(client=client, holderId="m-holder", describe=describe)
+        yield holder.acquire()
+        standbys = [self.makeLock(client=client, holderId=f"s-{n}", describe=describe) for n in (3, 1, 2)]
+        for lock in standbys:
+            yield lock.acquire()
+        ranks = {}
+        for lock in standbys:
+            attempt = yield lock.acquire()
+            ranks[lock.holderId] = attempt.rank
+        self.assertEqual(ranks, {"s-1": 0, "s-2": 1, "s-3": 2})
+        # An entry not seen for longer than a lease (and its half-second
+        # slack) no longer counts.
+        self.redis.hset(registryKeyFor(LOCK), "s-0", "1000 {}")
+        attempt = yield standbys[0].acquire()
+        self.assertEqual(attempt.rank, 2)

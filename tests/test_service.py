@@ -37,7 +37,7 @@ from beatcop.errors import (
 )
 from beatcop.lock import Attempt, RefreshOutcome
 from beatcop.redisconn import RedisTimeout
-from beatcop.service import BeatCopService, NodeState
+from beatcop.service import RANK_STEP, BeatCopService, NodeState
 
 HOLDER = "node-a:100:0123456789abcdef"
 OTHER = "node-b:200:fedcba9876543210"
@@ -1293,3 +1293,34 @@ class PrestartGuardTests(ServiceTestCase):
         self.advanceTo(11.0 + TTL)
         self.assertEqual(len(self.children), 2)
         self.assertEqual(self.children[1].armedAt, 16.0)
+
+
+class TakingTurnsTests(ServiceTestCase):
+    """
+    Standbys ranked by the acquisition's answer try one after another when
+    the lock frees, L{RANK_STEP} apart.
+    """
+
+    def test_rankDelaysTheAttemptAtExpiry(self):
+        self.startNode(startAt=10.0)
+        self.lock.answer("acquire", Attempt(False, 6, 700, OTHER, rank=3))
+        self.advanceTo(10.701 + 3 * RANK_STEP - 0.001)
+        self.assertEqual(len(self.lock.sent("acquire")), 1)
+        self.advanceTo(10.701 + 3 * RANK_STEP)
+        self.assertTimes(self.lock.sent("acquire"), [10.0, 10.731])
+
+    def test_rankDelaysTheAttemptOnARelease(self):
+        self.startNode(startAt=10.0)
+        self.lock.answer("acquire", Attempt(False, 6, 4000, OTHER, rank=2))
+        self.advanceTo(11.0)
+        self.listeners[0].announce()
+        self.advanceTo(11.0 + 2 * RANK_STEP - 0.001)
+        self.assertEqual(len(self.lock.sent("acquire")), 1)
+        self.advanceTo(11.0 + 2 * RANK_STEP)
+        self.assertTimes(self.lock.sent("acquire"), [10.0, 11.02])
+
+    def test_theTurnIsNeverMoreThanHalfALease(self):
+        self.startNode(startAt=10.0)
+        self.lock.answer("acquire", Attempt(False, 6, 0, OTHER, rank=10000))
+        self.advanceTo(10.001 + TTL / 2)
+        self.assertTimes(self.lock.sent("acquire"), [10.0, 12.501])

@@ -42,7 +42,7 @@ USER = "beatcop"
 # user), with notifications on: top-level commands, then the commands the
 # lock's Lua scripts call (Redis checks those against the user's ACL too).
 NODE_COMMANDS = {"info", "evalsha", "eval", "subscribe", "hdel"}
-SCRIPT_COMMANDS = {"get", "set", "incr", "pexpire", "pttl", "del", "exists", "hset", "time", "publish"}
+SCRIPT_COMMANDS = {"get", "set", "incr", "pexpire", "pttl", "del", "exists", "hset", "hgetall", "time", "publish"}
 
 
 def aclRules(lockName, password):
