@@ -58,10 +58,10 @@ from .redisconn import RedisClient
 
 MINIMUM_REDIS = (2, 6, 12)
 
-# Standbys spread their attempts over this many seconds after the moment
-# they aim for (a lease's expiry, a release), so that many of them do not
-# hit Redis in the same instant; the first to arrive wins either way.
-ATTEMPT_SPREAD = 0.010
+# A little jitter on every standby's attempt, so that two standbys of the
+# same rank (their view of the registry differs for a moment) do not send in
+# the same instant; the ranks below do the real spreading.
+ATTEMPT_SPREAD = 0.002
 
 # Standbys take turns when the lock frees: the one ranked r (by id, among the
 # live standbys; see beatcop.lock) tries r steps after the first, so that a

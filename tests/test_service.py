@@ -37,7 +37,7 @@ from beatcop.errors import (
 )
 from beatcop.lock import Attempt, RefreshOutcome
 from beatcop.redisconn import RedisTimeout
-from beatcop.service import RANK_STEP, BeatCopService, NodeState
+from beatcop.service import ATTEMPT_SPREAD, RANK_STEP, BeatCopService, NodeState
 
 HOLDER = "node-a:100:0123456789abcdef"
 OTHER = "node-b:200:fedcba9876543210"
@@ -435,11 +435,11 @@ class StandbyTests(ServiceTestCase):
         self.node._random = Jitter()
         self.node.startService()
         self.lock.answer("acquire", Attempt(False, 6, 700, OTHER))
-        self.assertEqual(Jitter.calls, [(0, 0.010)])
-        self.advanceTo(10.710)
+        self.assertEqual(Jitter.calls, [(0, ATTEMPT_SPREAD)])
+        self.advanceTo(10.701 + ATTEMPT_SPREAD - 0.001)
         self.assertEqual(len(self.lock.sent("acquire")), 1)
-        self.advanceTo(10.711)
-        self.assertTimes(self.lock.sent("acquire"), [10.0, 10.711])
+        self.advanceTo(10.701 + ATTEMPT_SPREAD)
+        self.assertTimes(self.lock.sent("acquire"), [10.0, 10.701 + ATTEMPT_SPREAD])
 
     def test_nextAttemptAtMaximumWaitWhenHoldersKeyHasNoExpiry(self):
         """
@@ -503,10 +503,10 @@ class StandbyTests(ServiceTestCase):
         self.lock.answer("acquire", Attempt(False, 6, 4000, OTHER))
         self.advanceTo(11.0)
         self.listeners[0].announce()
-        self.advanceTo(11.009)
+        self.advanceTo(11.0 + ATTEMPT_SPREAD - 0.001)
         self.assertEqual(len(self.lock.sent("acquire")), 1)
-        self.advanceTo(11.010)
-        self.assertTimes(self.lock.sent("acquire"), [10.0, 11.010])
+        self.advanceTo(11.0 + ATTEMPT_SPREAD)
+        self.assertTimes(self.lock.sent("acquire"), [10.0, 11.0 + ATTEMPT_SPREAD])
         # The poll scheduled before was replaced, not kept beside it.
         self.lock.answer("acquire", Attempt(False, 7, 5000, OTHER))
         self.advanceTo(14.011)
