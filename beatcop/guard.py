@@ -44,6 +44,7 @@ import time
 CONTROL_FD = 3
 STATUS_FD = 4
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 # Signals that mean "stop" to the command; the guard must survive them to
 # report the command's exit status.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
@@ -60,6 +61,51 @@ def _prctlDeathSignal(sig):
         libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
     except (OSError, AttributeError):
         pass
+
+
+def _becomeSubreaper():
+    """
+    Ask Linux to hand us whatever the command forks and orphans (instead of
+    init), so that its leftovers are our children: found by reading one
+    small file rather than by scanning /proc.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _killLeftovers(subreaper):
+    """
+    SIGKILL whatever the command left behind, before its exit is reported
+    and the lease released.  As a subreaper, those are our children (also
+    those that left the process group); otherwise scan the group in /proc.
+    """
+    if subreaper:
+        path = f"/proc/self/task/{os.getpid()}/children"
+        for _ in range(200):
+            while True:
+                try:
+                    pid, _ = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    pid = 0
+                if pid == 0:
+                    break
+            try:
+                with open(path) as f:
+                    children = [int(word) for word in f.read().split()]
+            except OSError:
+                break  # no CONFIG_PROC_CHILDREN: scan instead
+            if not children:
+                return
+            for pid in children:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(0.001)
+    _killRestOfGroup()
 
 
 def _killGroup(sig):
@@ -171,6 +217,7 @@ def main(argv):
     armed = options.get("armed") == "1"
 
     os.setsid()
+    subreaper = _becomeSubreaper()
     signal.signal(PARENT_DIED, lambda *a: _killGroup(signal.SIGKILL))
     _prctlDeathSignal(PARENT_DIED)
     if os.getppid() != parentPid:
@@ -243,7 +290,7 @@ def main(argv):
         if status is not None:
             # Nothing of this run may outlive the command, even while BeatCop
             # is frozen and cannot kill the group itself.
-            _killRestOfGroup()
+            _killLeftovers(subreaper)
             if status < 0:
                 # Die the way the command died, so BeatCop sees the same.
                 # SIGKILL (and SIGSTOP) cannot be caught: nothing to reset.

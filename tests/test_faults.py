@@ -138,7 +138,7 @@ def test_kill9_holder_process_group(makeCluster):
     waitUntil(lambda: all(_alive(pid) for pid in first["grandchildren"]), 5, what="grandchildren")
     cluster.kill(holder, signal.SIGKILL, group=True)
     cluster.waitTreeGone(first, 3)
-    assert not any(_alive(pid) for pid in first["grandchildren"])
+    # (the tree was found gone by identity, not by pid: pids are reused)
     second = cluster.waitStartAfter(first["t"], TTL + 5)
     assert second["token"] > first["token"]
     cluster.waitReady(holder)
