@@ -16,7 +16,9 @@ nodes can break it:
   - a standby that finds the fencing counter gone although it saw a token
     knows Redis lost its data: instead of acquiring (while the holder may
     still run its command) it blocks the lock for one lease with a
-    placeholder (C{LOST_DATA}) that only the holder's reclaim replaces;
+    placeholder (C{LOST_DATA}) that only the holder's reclaim replaces; one
+    that never saw a token cannot tell lost data from a lock never used, so
+    it is answered C{EMPTY} and may initialize the lock only after a lease;
   - release: C{DEL} only if the key still holds our id.
 
 Scripts run by EVALSHA and fall back to EVAL on NOSCRIPT (Redis restarted or
@@ -122,6 +124,13 @@ ACQUIRE = Script(
     + _RANK_FUNCTION
     + """register()
 local floor = tonumber(ARGV[3])
+if floor == 0 and ARGV[6] ~= '1' and not redis.call('GET', KEYS[2]) then
+  -- No counter, and this node never saw a token: a lock never used, or a
+  -- Redis that lost its data while a holder may still run its command.  The
+  -- two look the same, so the caller waits one lease (seeing this) before it
+  -- may initialize the lock (ARGV[6] = '1'); a live holder reclaims first.
+  return {0, 0, -4, 'beatcop:empty', rank()}
+end
 if redis.call('EXISTS', KEYS[4]) == 1 then
   -- Paused by an operator: nobody acquires until resumed.
   return {0, tonumber(redis.call('GET', KEYS[2]) or '0'), -3, 'beatcop:paused'}
@@ -250,6 +259,8 @@ LOST_DATA = "beatcop:lost-data"
 
 # The lock's value in an acquisition's reply while an operator paused it.
 PAUSED = "beatcop:paused"
+# ... and when Redis has no fencing counter for the lock (see acquire).
+EMPTY = "beatcop:empty"
 
 
 class RefreshOutcome(enum.Enum):
@@ -409,19 +420,28 @@ class RedisLock:
     def _keys(self):
         return (self.lockName, self.fencingKey, self.registryKey, self.pauseKey, self.handoverKey)
 
-    def _run(self, script, extra=0):
+    def _run(self, script, extra=0, initialize=True):
         info = json.dumps(self.describe(), sort_keys=True) if self.describe is not None else ""
         return script(
-            self.client, self._keys(), (self.holderId, self.ttl, extra, info, self.registryKeep), self.useEvalSha
+            self.client,
+            self._keys(),
+            (self.holderId, self.ttl, extra, info, self.registryKeep, "1" if initialize else "0"),
+            self.useEvalSha,
         )
 
-    def acquire(self):
+    def acquire(self, initialize=True):
         """
         Try once to take the lease.
 
+        @param initialize: whether this attempt may take a lock that has no
+            fencing counter in Redis although this instance never saw a
+            token.  Such a lock was never used, or Redis lost its data while
+            a holder may still be running; a caller that cannot tell should
+            pass C{False}, and C{True} only once it has seen the answer
+            C{holder == EMPTY} for a whole TTL (the node service does).
         @return: a Deferred firing with an L{Attempt}.
         """
-        return self._run(ACQUIRE, self.highestToken).addCallback(self._attempted)
+        return self._run(ACQUIRE, self.highestToken, initialize).addCallback(self._attempted)
 
     def reclaim(self):
         """

@@ -52,7 +52,7 @@ from .errors import (
     RedisProtocolError,
     RedisUnreachable,
 )
-from .lock import LOST_DATA, PAUSED, RedisLock, RefreshOutcome
+from .lock import EMPTY, LOST_DATA, PAUSED, RedisLock, RefreshOutcome
 from .notify import ReleaseListener
 from .redisconn import RedisClient
 
@@ -197,6 +197,8 @@ class BeatCopService(service.Service):
         self._holdingSince = None
         self._pausedSeen = False
         self._rank = 0
+        # When this node first found no fencing counter (see _attempted).
+        self._emptySince = None
         self.state = NodeState.STOPPED
         self.exitCode = None
         self.child = None
@@ -482,7 +484,8 @@ class BeatCopService(service.Service):
             return
         self._armGuard()
         sentAt = self._monotonic()
-        d = self._acquiring = self.lock.acquire()
+        initialize = self._emptySince is not None and sentAt - self._emptySince >= self.config.ttl / 1000.0
+        d = self._acquiring = self.lock.acquire(initialize=initialize)
 
         def settled(result):
             self._acquiring = None
@@ -520,6 +523,19 @@ class BeatCopService(service.Service):
             self._leaseProven(sentAt)
             self._startChild()
             return
+        if attempt.holder == EMPTY:
+            if self._emptySince is None:
+                self._emptySince = sentAt
+                self.log.warn(
+                    "Redis has no fencing counter for lock {lock}: a lock never used, or Redis lost its data while"
+                    " a holder may still run the command; waiting one lease ({ttl} ms) before starting it",
+                    lock=self.lock.lockName,
+                    ttl=self.config.ttl,
+                )
+            wait = max(0.0, self._emptySince + self.config.ttl / 1000.0 - self._monotonic())
+            self._scheduleAttempt(wait + self._turn() + self._random.uniform(0, ATTEMPT_SPREAD))
+            return
+        self._emptySince = None
         if attempt.holder == PAUSED:
             if not self._pausedSeen:
                 self._pausedSeen = True

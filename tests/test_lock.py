@@ -21,6 +21,7 @@ from beatcop.config import RedisConfig
 from beatcop.errors import RedisProtocolError
 from beatcop.lock import (
     ACQUIRE,
+    EMPTY,
     LOST_DATA,
     RECLAIM,
     REFRESH,
@@ -811,7 +812,7 @@ class UnexpectedReplyTests(SynchronousTestCase):
         self.assertEqual(
             evalArgs[1:],
             [5, LOCK, fencingKeyFor(LOCK), "{%s}:nodes" % LOCK, "{%s}:paused" % LOCK, "{%s}:handover" % LOCK,
-             "h", 1000, 0, "", 3000],
+             "h", 1000, 0, "", 3000, "1"],
         )
 
 
@@ -858,3 +859,27 @@ class RankTests(RealRedisMixin, TestCase):
         self.redis.hset(registryKeyFor(LOCK), "s-0", "1000 {}")
         attempt = yield standbys[0].acquire()
         self.assertEqual(attempt.rank, 2)
+
+
+class EmptyLockTests(RealRedisMixin, TestCase):
+    @defer.inlineCallbacks
+    def test_noCounterAndNoTokenSeenMeansWait(self):
+        """
+        Without a fencing counter, an instance that never saw a token is told
+        EMPTY unless it asks to initialize; then it acquires with token 1.
+        """
+        lock = self.makeLock()
+        attempt = yield lock.acquire(initialize=False)
+        self.assertFalse(attempt.acquired)
+        self.assertEqual((attempt.holder, attempt.pttl, attempt.token), (EMPTY, -4, 0))
+        self.assertIsNone(self.redis.get(LOCK))
+        attempt = yield lock.acquire(initialize=True)
+        self.assertTrue(attempt.acquired)
+        self.assertEqual(attempt.token, 1)
+
+    @defer.inlineCallbacks
+    def test_aCounterMeansNoWait(self):
+        self.redis.set(fencingKeyFor(LOCK), 3)
+        attempt = yield self.makeLock().acquire(initialize=False)
+        self.assertTrue(attempt.acquired)
+        self.assertEqual(attempt.token, 4)

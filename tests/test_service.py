@@ -114,6 +114,7 @@ class FakeLock:
         self.token = None
         self.highestToken = 0
         self.calls = []
+        self.initialize = []
         self.autoRefresh = None
 
     def _call(self, method):
@@ -121,7 +122,8 @@ class FakeLock:
         self.calls.append((method, self.clock.seconds(), d))
         return d
 
-    def acquire(self):
+    def acquire(self, initialize=True):
+        self.initialize.append(initialize)
         return self._call("acquire")
 
     def reclaim(self):
@@ -1324,3 +1326,40 @@ class TakingTurnsTests(ServiceTestCase):
         self.lock.answer("acquire", Attempt(False, 6, 0, OTHER, rank=10000))
         self.advanceTo(10.001 + TTL / 2)
         self.assertTimes(self.lock.sent("acquire"), [10.0, 12.501])
+
+
+class EmptyLockTests(ServiceTestCase):
+    """
+    No fencing counter in Redis and no token ever seen: a lock never used,
+    or Redis lost its data while a holder may still run.  The node waits one
+    lease, seeing that, before it may initialize the lock.
+    """
+
+    def test_waitsOneLeaseBeforeInitializing(self):
+        self.startNode(startAt=10.0)
+        self.assertEqual(self.lock.initialize, [False])
+        self.lock.answer("acquire", Attempt(False, 0, -4, "beatcop:empty"))
+        self.advanceTo(10.0 + TTL - 0.001)
+        self.assertEqual(len(self.lock.sent("acquire")), 1)
+        self.advanceTo(10.0 + TTL)
+        self.assertTimes(self.lock.sent("acquire"), [10.0, 15.0])
+        self.assertEqual(self.lock.initialize, [False, True])
+        self.lock.answer("acquire", Attempt(True, 1, 5000, HOLDER))
+        self.assertEqual(len(self.children), 1)
+
+    def test_aCounterSeenMeanwhileStartsTheWaitAgain(self):
+        """
+        A holder reclaimed meanwhile (the counter is back): the next time the
+        counter is missing, the node waits a whole lease again.
+        """
+        self.startNode(startAt=10.0)
+        self.lock.answer("acquire", Attempt(False, 0, -4, "beatcop:empty"))
+        self.advanceTo(15.0)
+        self.lock.answer("acquire", Attempt(False, 4, 4000, OTHER))
+        self.advanceTo(19.001)
+        self.assertEqual(self.lock.initialize, [False, True, False])
+        self.lock.answer("acquire", Attempt(False, 0, -4, "beatcop:empty"))
+        self.advanceTo(24.0)
+        self.assertEqual(self.lock.initialize, [False, True, False])
+        self.advanceTo(24.001)
+        self.assertEqual(self.lock.initialize, [False, True, False, True])
