@@ -76,6 +76,14 @@ def _becomeSubreaper():
         return False
 
 
+def _killAll(pids):
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
 def _killLeftovers(subreaper):
     """
     SIGKILL whatever the command left behind, before its exit is reported
@@ -99,11 +107,7 @@ def _killLeftovers(subreaper):
                 break  # no CONFIG_PROC_CHILDREN: scan instead
             if not children:
                 return
-            for pid in children:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
+            _killAll(children)
             time.sleep(0.001)
     _killRestOfGroup()
 
@@ -143,11 +147,7 @@ def _killRestOfGroup():
                 others.append(int(name))
         if not others:
             return
-        for pid in others:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        _killAll(others)
         time.sleep(0.002)
 
 

@@ -85,7 +85,8 @@ end
 """
 
 
-# A standby's place in line: how many live standbys have a smaller id.  The
+# A standby's place in line: how many live standbys (registered as standing
+# by, seen within a lease) have a smaller id.  The
 # first in line tries right when the lock frees, the others a little later
 # each (see beatcop.service.RANK_STEP), so that a hundred standbys do not all
 # hit Redis in the same instant; whoever is first still wins at once.
@@ -100,7 +101,9 @@ local function rank()
   local before = 0
   for i = 1, #entries, 2 do
     local id = entries[i]
-    if id < ARGV[1] and id ~= holder then
+    -- Only nodes that say they stand by: a holder that crashed or is
+    -- stopping still has a fresh entry, but will never try.
+    if id < ARGV[1] and id ~= holder and string.find(entries[i + 1], '"state": "standby"', 1, true) then
       local seen = tonumber(string.match(entries[i + 1], '^(%d+)'))
       if seen and now - seen <= live then
         before = before + 1

@@ -17,73 +17,25 @@ from beatcop.lock import fencingKeyFor, _clusterSlot
 
 from .history import readHistory
 from .nodes import Node, recorderCommand, twistdArgv, waitUntil
-from .redisserver import RedisServer, freePort
+from .redisserver import freePort
+from .topologies import RedisCluster
 
 SLOTS = 16384
-
-
-def clusterPort():
-    """
-    A free port whose cluster bus port (10000 higher) is free too; Redis
-    refuses ports above 55535 for that reason.
-    """
-    import random
-    import socket
-
-    for _ in range(200):
-        port = random.randint(20000, 45000)
-        probes = []
-        try:
-            for candidate in (port, port + 10000):
-                probe = socket.socket()
-                probes.append(probe)
-                probe.bind(("127.0.0.1", candidate))
-            return port
-        except OSError:
-            continue
-        finally:
-            for probe in probes:
-                probe.close()
-    raise RuntimeError("no free port pair for a cluster node")
 
 
 @pytest.fixture
 def cluster():
     """
-    Three Redis Cluster masters sharing the slots evenly, once the cluster
-    says it is ok.
+    Three Redis Cluster masters sharing the slots evenly, no replicas, once
+    the cluster says it is ok.
     """
     directory = tempfile.mkdtemp(prefix="rc-")
-    servers = []
+    made = RedisCluster(directory, masters=3, replicas=0)
     try:
-        for index in range(3):
-            nodeDirectory = os.path.join(directory, str(index))
-            os.makedirs(nodeDirectory)
-            server = RedisServer(
-                nodeDirectory,
-                port=clusterPort(),
-                extraArgs=("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                           "--cluster-node-timeout", "1000"),
-            )
-            servers.append(server)
-            server.start()
-        clients = [server.client() for server in servers]
-        per = SLOTS // len(servers)
-        for index, client in enumerate(clients):
-            end = SLOTS if index == len(servers) - 1 else (index + 1) * per
-            client.execute_command("CLUSTER ADDSLOTS", *range(index * per, end))
-        for server in servers[1:]:
-            clients[0].execute_command("CLUSTER MEET", "127.0.0.1", server.port)
-        waitUntil(
-            lambda: all(client.execute_command("CLUSTER INFO").get("cluster_state") == "ok" for client in clients),
-            20,
-            interval=0.1,
-            what="the cluster to be ok",
-        )
-        yield servers
+        made.start()
+        yield made.servers
     finally:
-        for server in servers:
-            server.stop()
+        made.stop()
         shutil.rmtree(directory, ignore_errors=True)
 
 

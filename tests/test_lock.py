@@ -856,7 +856,13 @@ class RankTests(RealRedisMixin, TestCase):
         self.assertEqual(ranks, {"s-1": 0, "s-2": 1, "s-3": 2})
         # An entry not seen for longer than a lease (and its half-second
         # slack) no longer counts.
-        self.redis.hset(registryKeyFor(LOCK), "s-0", "1000 {}")
+        self.redis.hset(registryKeyFor(LOCK), "s-0", '1000 {"state": "standby"}')
+        attempt = yield standbys[0].acquire()
+        self.assertEqual(attempt.rank, 2)
+        # Nor does a node that does not stand by (a holder that crashed, one
+        # that is stopping), however fresh its entry.
+        stopping = self.makeLock(client=client, holderId="s-00", describe=lambda: {"state": "stopping"})
+        yield stopping.acquire()
         attempt = yield standbys[0].acquire()
         self.assertEqual(attempt.rank, 2)
 
