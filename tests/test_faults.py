@@ -29,10 +29,8 @@ same lease and token.  Both are tested.
 """
 
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import time
 
 import pytest
@@ -40,7 +38,6 @@ import pytest
 from .faultcluster import FaultCluster
 from .history import _alive
 from .nodes import waitUntil
-from .redisserver import startRedisServer
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc and prctl")
 
@@ -49,20 +46,6 @@ TTL_MS = int(TTL * 1000)
 REPLY_TIMEOUT_MS = 300
 GRACE = 0.3
 BOUND = TTL + GRACE + 1.0
-
-
-@pytest.fixture
-def redisServer():
-    server = startRedisServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def workdir():
-    directory = tempfile.mkdtemp(prefix="bf-")
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture

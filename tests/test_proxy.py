@@ -10,10 +10,8 @@ skips, saying so, where it is absent.
 """
 
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import time
 
 import pytest
@@ -29,13 +27,6 @@ pytestmark = [
         reason="nutcracker (twemproxy) is not installed: apt-get install nutcracker (.ci/run does)",
     ),
 ]
-
-
-@pytest.fixture
-def workdir():
-    directory = tempfile.mkdtemp(prefix="bp-")
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 def commandStats(server):

@@ -42,13 +42,6 @@ from .topologies import (
 linuxOnly = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc and prctl")
 
 
-@pytest.fixture
-def workdir():
-    directory = tempfile.mkdtemp(prefix="brc-")
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
-
-
 def role(server):
     try:
         return server.client().execute_command("ROLE")[0]

@@ -8,10 +8,8 @@ variable), so that the separate sentinel credentials are exercised too.
 """
 
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import time
 
 import pytest
@@ -30,13 +28,6 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ne
 
 MASTER_PASSWORD = "master-secret-7731"
 SENTINEL_PASSWORD = "sentinel-secret-4409"
-
-
-@pytest.fixture
-def workdir():
-    directory = tempfile.mkdtemp(prefix="bs-")
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture

@@ -10,11 +10,9 @@ certificate and a wrong password).
 
 import os
 import re
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 
@@ -51,13 +49,6 @@ def aclRules(lockName, password):
         f"~{lockName}", f"~{{{lockName}}}:*",
         f"&{{{lockName}}}:released",
     ] + [f"+{command}" for command in sorted(NODE_COMMANDS | SCRIPT_COMMANDS)]
-
-
-@pytest.fixture
-def workdir():
-    directory = tempfile.mkdtemp(prefix="bt-")
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 class Monitor:
