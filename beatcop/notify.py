@@ -11,6 +11,11 @@ faster.  So this listener never fails the node: it logs, waits, reconnects.
 A subscribed connection can do nothing else, hence a second connection,
 made like the first (same endpoint, credentials and deadlines; see
 L{beatcop.redisconn.RedisClient}).
+
+A listener can be stopped and started again: only the first few standbys in
+line listen (see L{beatcop.service}), and a standby's place in line changes.
+Each start is a new generation; replies and losses of an older one are
+ignored, so a quick stop-start never acts on a connection it gave up.
 """
 
 import enum
@@ -67,10 +72,24 @@ class ReleaseListener:
         self._retryCall = None
         self._everListened = False
         self._failing = False
+        self._generation = 0
+        self._proto = None
         self.state = ListenerState.IDLE
 
+    @property
+    def active(self):
+        """
+        Whether the listener is meant to listen (listening, or on its way).
+        """
+        return self.state not in (ListenerState.IDLE, ListenerState.STOPPED)
+
     def start(self):
-        if self.state is ListenerState.IDLE:
+        """
+        Start listening, also again after L{stop}; nothing if already active.
+        """
+        if not self.active:
+            self._generation += 1
+            self._retryDelay = self._firstRetryDelay
             self._subscribe()
 
     def stop(self):
@@ -80,29 +99,42 @@ class ReleaseListener:
         @return: a Deferred that fires when the connection is closed.
         """
         self.state = ListenerState.STOPPED
+        self._generation += 1
         if self._retryCall is not None and self._retryCall.active():
             self._retryCall.cancel()
         self._retryCall = None
+        proto, self._proto = self._proto, None
+        if proto is not None:
+            proto.onMessage = None
         return self._client.close()
 
     def _subscribe(self):
         self.state = ListenerState.CONNECTING
+        generation = self._generation
         d = self._client.connect()
-        d.addCallback(self._connected)
-        d.addCallbacks(self._listening, self._failed)
+        d.addCallback(self._connected, generation)
+        d.addCallbacks(self._listening, self._failed, callbackArgs=(generation,), errbackArgs=(generation,))
         d.addErrback(self._bug)
 
-    def _connected(self, proto):
-        if self.state is not ListenerState.CONNECTING:
+    def _current(self, generation, state):
+        return generation == self._generation and self.state is state
+
+    def _connected(self, proto, generation):
+        if not self._current(generation, ListenerState.CONNECTING):
+            if self.state is ListenerState.STOPPED:
+                # Stopped while connecting: the connection arrived after
+                # stop() closed what there was.
+                self._client.close()
             return None
+        self._proto = proto
         proto.onMessage = self._message
-        proto.whenDisconnected().addCallback(self._lost)
+        proto.whenDisconnected().addCallback(self._lost, generation)
         subscribed = proto.subscribe(self.channel)
         subscribed.addTimeout(self._config.replyTimeout / 1000.0, self._reactor)
         return subscribed
 
-    def _listening(self, _):
-        if self.state is not ListenerState.CONNECTING:
+    def _listening(self, _, generation):
+        if not self._current(generation, ListenerState.CONNECTING):
             return
         self.state = ListenerState.LISTENING
         self._retryDelay = self._firstRetryDelay
@@ -113,9 +145,9 @@ class ReleaseListener:
             self._onRelease(None)
         self._everListened = True
 
-    def _failed(self, failure):
+    def _failed(self, failure, generation):
         failure.trap(BeatCopError, defer.TimeoutError, txredisapi.ConnectionError, txredisapi.ResponseError)
-        if self.state is ListenerState.STOPPED:
+        if not self._current(generation, ListenerState.CONNECTING):
             return
         if not self._failing:
             self._failing = True
@@ -124,11 +156,13 @@ class ReleaseListener:
                 channel=self.channel,
                 error=str(failure.value) or failure.type.__name__,
             )
+        self._proto = None
         self._client.disconnect()
         self._retryLater()
 
-    def _lost(self, _):
-        if self.state is ListenerState.LISTENING:
+    def _lost(self, _, generation):
+        if self._current(generation, ListenerState.LISTENING):
+            self._proto = None
             self._retryLater()
 
     def _retryLater(self):

@@ -69,6 +69,13 @@ ATTEMPT_SPREAD = 0.002
 # still takes over at once.  Never more than half a lease late.
 RANK_STEP = 0.010
 
+# Only the first standbys in line listen for release announcements: the
+# first takes the lock, the next two cover for it if it is dead or frozen.
+# A hundred listeners would all wake on every release, and on a small host
+# that wake-up delays the one that matters; the rest find a free lock when
+# they next poll, as they would a lost announcement.
+LISTENING_RANKS = 3
+
 
 class NodeState(enum.Enum):
     STOPPED = "stopped"  # not started yet
@@ -458,11 +465,27 @@ class BeatCopService(service.Service):
         self._attempt()
 
     def _listen(self):
+        """
+        Make the release listener; it starts once an attempt has told this
+        node its place in line (L{_listenIfNearTheFront}).
+        """
         if self.config.notify and self.lock.releaseChannel is not None:
             self._listener = self._listenerFactory(
                 self._reactor, self.config.redis, self.lock.releaseChannel, self._releaseAnnounced, self._unixSocket
             )
-            self._listener.start()
+
+    def _listenIfNearTheFront(self):
+        """
+        Listen for releases while among the first L{LISTENING_RANKS}
+        standbys in line; stop further back, and while holding the lock.
+        """
+        listener = self._listener
+        if listener is None:
+            return
+        if self.state is NodeState.STANDBY and self._rank < LISTENING_RANKS:
+            listener.start()
+        elif listener.active:
+            listener.stop().addErrback(lambda failure: self.log.failure("Closing the release listener", failure))
 
     def _releaseAnnounced(self, holderId):
         """
@@ -522,6 +545,7 @@ class BeatCopService(service.Service):
             self._pausedSeen = False
             self._leaseProven(sentAt)
             self._startChild()
+            self._listenIfNearTheFront()
             return
         if attempt.holder == EMPTY:
             if self._emptySince is None:
@@ -550,6 +574,7 @@ class BeatCopService(service.Service):
                 pttl=attempt.pttl,
             )
         self._rank = attempt.rank
+        self._listenIfNearTheFront()
         self._scheduleAttempt(self._nextAttemptDelay(attempt.pttl))
 
     def _nextAttemptDelay(self, pttl):

@@ -184,6 +184,44 @@ def test_handover_without_notifications_falls_back_to_polling(makeCluster):
     cluster.assertNoOverlap()
 
 
+def test_only_the_first_standbys_in_line_listen(makeCluster, redisServer):
+    """
+    With six nodes, the first three standbys in line subscribe to the
+    release channel and the other two do not (a hundred listeners would all
+    wake on every release); a clean stop still hands over at once, and the
+    line re-forms: the new holder stops listening, the next standby starts.
+    """
+    from beatcop.lock import releaseChannelFor
+    from beatcop.service import LISTENING_RANKS
+
+    redis = redisServer.client()
+    channel = releaseChannelFor("beatcop-test")
+
+    def listeners():
+        return redis.pubsub_numsub(channel)[0][1]
+
+    cluster = makeCluster()
+    cluster.startNodes(6)
+    holder, first = cluster.holder()
+    waitUntil(lambda: redis.hlen("{beatcop-test}:nodes") == 6, 10, what="six nodes registered")
+    waitUntil(lambda: listeners() == LISTENING_RANKS, 10, what=f"{LISTENING_RANKS} listeners")
+    # Every standby has had an attempt answered since, so the count is the
+    # settled one, not a moment of the start-up.
+    time.sleep(TTL)
+    assert listeners() == LISTENING_RANKS, cluster.logs()
+
+    holder.send(signal.SIGTERM)
+    assert holder.wait(5) == 0, holder.log()
+    second = cluster.waitForStarts(2, timeout=TTL)
+    end = [e for e in cluster.events("end") if e["pid"] == first["pid"]][0]
+    assert 0 <= second["t"] - end["t"] < TTL / 2, cluster.logs()
+    # Four standbys now: the new holder left the line, the fourth moved up.
+    waitUntil(lambda: listeners() == LISTENING_RANKS, 2 * TTL + 2, what=f"{LISTENING_RANKS} listeners again")
+    time.sleep(TTL)
+    assert listeners() == LISTENING_RANKS, cluster.logs()
+    cluster.assertNoOverlap()
+
+
 # -- Redis faults ----------------------------------------------------------
 
 

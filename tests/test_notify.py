@@ -44,6 +44,8 @@ def waitFor(predicate, interval=0.01):
     d = defer.Deferred()
 
     def check():
+        if d.called:
+            return  # timed out
         if predicate():
             d.callback(None)
         else:
@@ -148,3 +150,80 @@ class ReleaseListenerTests(TestCase):
         heard = self.heard.next()
         self.server.client().publish("{job}:released", "x")
         self.assertEqual((yield heard), "x")
+
+    def clientsConnected(self):
+        if not hasattr(self, "_admin"):
+            self._admin = self.server.client()
+        return int(self._admin.info("clients")["connected_clients"])
+
+    @defer.inlineCallbacks
+    def test_startsAgainAfterAStop(self):
+        """
+        A standby moving up the line starts listening again: one
+        subscription, and a C{None} report, since a release may have gone
+        unheard while it was not listening.
+        """
+        listener = self.listen()
+        yield waitFor(lambda: listener.state is ListenerState.LISTENING)
+        yield listener.stop()
+        yield waitFor(lambda: self.subscribers("{job}:released") == 0)
+        missed = self.heard.next()
+        listener.start()
+        self.assertIsNone((yield missed))
+        self.assertIs(listener.state, ListenerState.LISTENING)
+        self.assertEqual(self.subscribers("{job}:released"), 1)
+        heard = self.heard.next()
+        self.server.client().publish("{job}:released", "again")
+        self.assertEqual((yield heard), "again")
+        self.assertEqual(self.heard.messages, [None, "again"])
+
+    @defer.inlineCallbacks
+    def test_stopWhileConnectingLeavesNoConnection(self):
+        """
+        A connection that arrives after the stop is closed, not left open
+        and unused.
+        """
+        before = self.clientsConnected()
+        listener = self.listen()
+        self.assertIs(listener.state, ListenerState.CONNECTING)
+        yield listener.stop()
+        # Let the connection attempt finish, then be closed.
+        yield waitFor(lambda: listener._client._connecting is None)
+        yield waitFor(lambda: self.clientsConnected() == before)
+        self.assertEqual(self.subscribers("{job}:released"), 0)
+        self.assertIs(listener.state, ListenerState.STOPPED)
+
+    @defer.inlineCallbacks
+    def test_quickStopAndStartSubscribesOnce(self):
+        """
+        Stopped and started again before the first connection was made:
+        the older start's replies are ignored, and one subscription serves
+        the new one.
+        """
+        listener = self.listen()
+        listener.stop()
+        listener.start()
+        yield waitFor(lambda: listener.state is ListenerState.LISTENING)
+        self.assertEqual(self.subscribers("{job}:released"), 1)
+        heard = self.heard.next()
+        self.server.client().publish("{job}:released", "once")
+        self.assertEqual((yield heard), "once")
+        self.assertEqual(self.heard.messages, ["once"])
+
+    @defer.inlineCallbacks
+    def test_stopWhileSubscribingThenStart(self):
+        """
+        Stopped while its SUBSCRIBE was in flight and started again: the old
+        connection's loss does not send the new one into a reconnection.
+        """
+        listener = self.listen()
+        yield waitFor(lambda: listener._proto is not None)
+        stopped = listener.stop()
+        listener.start()
+        yield stopped
+        yield waitFor(lambda: listener.state is ListenerState.LISTENING)
+        self.assertEqual(self.subscribers("{job}:released"), 1)
+        self.assertIs(listener.state, ListenerState.LISTENING)
+        heard = self.heard.next()
+        self.server.client().publish("{job}:released", "new")
+        self.assertEqual((yield heard), "new")

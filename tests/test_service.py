@@ -37,7 +37,7 @@ from beatcop.errors import (
 )
 from beatcop.lock import Attempt, RefreshOutcome
 from beatcop.redisconn import RedisTimeout
-from beatcop.service import ATTEMPT_SPREAD, RANK_STEP, BeatCopService, NodeState
+from beatcop.service import ATTEMPT_SPREAD, LISTENING_RANKS, RANK_STEP, BeatCopService, NodeState
 
 HOLDER = "node-a:100:0123456789abcdef"
 OTHER = "node-b:200:fedcba9876543210"
@@ -250,12 +250,17 @@ class FakeListener:
         self.onRelease = onRelease
         self.started = False
         self.stopped = False
+        self.active = False
+        self.starts = 0
 
     def start(self):
-        self.started = True
+        if not self.active:
+            self.starts += 1
+        self.started = self.active = True
 
     def stop(self):
         self.stopped = True
+        self.active = False
         return defer.succeed(None)
 
     def announce(self, holderId=OTHER):
@@ -483,11 +488,55 @@ class StandbyTests(ServiceTestCase):
         self.assertEqual(len(sent), 11)
         self.assertGreaterEqual(min(b - a for a, b in zip(sent, sent[1:])), 4.0)
 
-    def test_listensForReleasesOnceConnected(self):
+    def test_listensForReleasesOnceTheFirstAttemptIsAnswered(self):
         self.startNode(startAt=10.0)
         self.assertEqual(len(self.listeners), 1)
-        self.assertTrue(self.listeners[0].started)
+        self.assertFalse(self.listeners[0].started)
+        self.lock.answer("acquire", Attempt(False, 6, 4000, OTHER, rank=0))
+        self.assertTrue(self.listeners[0].active)
         self.assertEqual(self.listeners[0].channel, "{beatcop:test}:released")
+
+    def test_onlyTheFirstInLineListen(self):
+        """
+        Standbys ranked L{LISTENING_RANKS} or further back do not listen;
+        a standby moving up the line starts, one moving back stops.
+        """
+        self.startNode(startAt=10.0)
+        listener = self.listeners[0]
+        self.lock.answer("acquire", Attempt(False, 6, 700, OTHER, rank=LISTENING_RANKS))
+        self.assertFalse(listener.started)
+        self.advanceTo(11.0)
+        self.lock.answer("acquire", Attempt(False, 6, 700, OTHER, rank=LISTENING_RANKS - 1))
+        self.assertTrue(listener.active)
+        self.advanceTo(12.0)
+        self.lock.answer("acquire", Attempt(False, 6, 700, OTHER, rank=LISTENING_RANKS - 1))
+        self.assertEqual(listener.starts, 1)
+        self.advanceTo(13.0)
+        self.lock.answer("acquire", Attempt(False, 6, 700, OTHER, rank=LISTENING_RANKS + 5))
+        self.assertFalse(listener.active)
+        self.assertTrue(listener.stopped)
+        self.advanceTo(14.0)
+        self.lock.answer("acquire", Attempt(False, 6, 700, OTHER, rank=0))
+        self.assertTrue(listener.active)
+        self.assertEqual(listener.starts, 2)
+        self.assertEqual(len(self.listeners), 1)
+
+    def test_theHolderDoesNotListen(self):
+        self.startNode(startAt=10.0)
+        listener = self.listeners[0]
+        self.lock.answer("acquire", Attempt(False, 6, 700, OTHER, rank=0))
+        self.assertTrue(listener.active)
+        self.advanceTo(11.0)
+        self.lock.answer("acquire", Attempt(True, 7, 5000, None))
+        self.assertIs(self.node.state, NodeState.STARTING)
+        self.assertEqual(len(self.children), 1)
+        self.assertFalse(listener.active)
+
+    def test_aStandbyFurtherBackStillFindsAReleasedLockByPolling(self):
+        self.startNode(startAt=10.0)
+        self.lock.answer("acquire", Attempt(False, 6, 4000, OTHER, rank=LISTENING_RANKS))
+        self.advanceTo(10.0 + 4.001 + LISTENING_RANKS * RANK_STEP)
+        self.assertTimes(self.lock.sent("acquire"), [10.0, 14.031])
 
     def test_noListenerWithNotifyOff(self):
         self.startNode(startAt=10.0, notify=False)
