@@ -18,7 +18,7 @@ import pytest
 
 from .nodes import Cluster, writeConfig
 from .redisserver import startRedisServer
-from .topologies import Nutcracker, assertOneLineError, findNutcracker, runTwistdConcurrently, watchUntil
+from .topologies import Nutcracker, assertOneLineError, findNutcracker, runTwistdConcurrently
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc and prctl"),

@@ -33,7 +33,6 @@ from .redisserver import _encode, _readReply, freePort
 from .topologies import (
     RedisCluster,
     assertOneLineError,
-    clusterOk,
     lockNameServedBy,
     runTwistdConcurrently,
     watchUntil,

@@ -19,7 +19,7 @@ import time
 import pytest
 
 from .history import readHistory
-from .nodes import Cluster, RECORDER, writeConfig
+from .nodes import Cluster, writeConfig
 from .redisserver import startRedisServer
 from .topologies import (
     Certificates,
@@ -27,7 +27,6 @@ from .topologies import (
     assertOneLineError,
     findTlsRedisServer,
     runTwistdConcurrently,
-    watchUntil,
 )
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc and prctl")
@@ -236,8 +235,8 @@ def test_tls_with_verification_and_client_certificate(workdir, tlsBinary):
                 "tls_cert_file": certificates.clientCert,
                 "tls_key_file": certificates.clientKey,
             }, cluster.beatcopSection)
-            first = cluster.addNode(BEATCOP_TEST_REDIS_PASSWORD=PASSWORD)
-            second = cluster.addNode(BEATCOP_TEST_REDIS_PASSWORD=PASSWORD)
+            cluster.addNode(BEATCOP_TEST_REDIS_PASSWORD=PASSWORD)
+            cluster.addNode(BEATCOP_TEST_REDIS_PASSWORD=PASSWORD)
             holder, start = cluster.holder()
             assert server.client().get(LOCK) == start["holder"]
             assert "rediss://" in holder.log()
