@@ -51,6 +51,7 @@ if REPOSITORY not in sys.path:
 
 from tests.history import _alive, recorderPids  # noqa: E402
 from tests.nodes import RECORDER, Node, nodeEnvironment, recorderCommand, twistdArgv, writeConfig  # noqa: E402
+from tests.nodes import waitUntil as _waitUntil  # noqa: E402
 from tests.redisserver import startRedisServer  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -88,6 +89,8 @@ def isRefresh(entry, key):
 def isRelease(entry, key):
     _, _, command, args = entry
     return command in ("DEL", "UNLINK") and key in args
+
+
 DEFAULT_CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "beatcop-bench")
 
 
@@ -104,14 +107,7 @@ def log(message):
 
 
 def waitUntil(predicate, timeout, what, interval=0.005):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise BenchmarkError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
+    return _waitUntil(predicate, timeout, interval, what, error=BenchmarkError)
 
 
 def percentile(values, q):

@@ -209,17 +209,17 @@ class Chaos:
                 self.cluster.cut(node, "pass")
 
     def redis_slow(self, step, holder, start, duration, entry):
-        ms = int(self.replyTimeoutMs * (0.6 + step["factor"]))  # a round trip 1.2 to 3.2 reply timeouts longer
-        entry["delay_ms"] = ms
-        entry["seconds"] = round(duration, 3)
-        try:
-            self.cluster.cutAll("delay", ms)
-            time.sleep(duration)
-        finally:
-            self.cluster.healAll()
+        # A round trip 1.2 to 3.2 reply timeouts longer.
+        self._delayAll(int(self.replyTimeoutMs * (0.6 + step["factor"])), duration, entry)
 
     def redis_mild_delay(self, step, holder, start, duration, entry):
-        ms = int(self.replyTimeoutMs * 0.25 * step["factor"])  # a round trip at most half a reply timeout longer
+        # A round trip at most half a reply timeout longer.
+        self._delayAll(int(self.replyTimeoutMs * 0.25 * step["factor"]), duration, entry)
+
+    def _delayAll(self, ms, duration, entry):
+        """
+        Every node's traffic delayed C{ms} each way for C{duration} seconds.
+        """
         entry["delay_ms"] = ms
         entry["seconds"] = round(duration, 3)
         try:

@@ -47,12 +47,12 @@ def nodeEnvironment(name=None, **extra):
     return environment
 
 
-def waitUntil(predicate, timeout, interval=0.01, what="condition"):
+def waitUntil(predicate, timeout, interval=0.01, what="condition", error=AssertionError):
     """
     Poll C{predicate} until it returns something true (returned), for at
     most C{timeout} seconds.
 
-    @raise AssertionError: on timeout, naming C{what}.
+    @raise error: on timeout, naming C{what} (the benchmark raises its own).
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -60,8 +60,19 @@ def waitUntil(predicate, timeout, interval=0.01, what="condition"):
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+            raise error(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(interval)
+
+
+def readLog(path):
+    """
+    A process's log as it is so far ("" before it has one).
+    """
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
 
 
 def writeConfig(path, redisSection, beatcopSection):
@@ -152,11 +163,7 @@ class Node:
             raise AssertionError(f"node {self.name} still running after {timeout:g} s:\n{self.log()}")
 
     def log(self):
-        try:
-            with open(self.logPath, errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
+        return readLog(self.logPath)
 
     def waitForLog(self, text, timeout=10):
         waitUntil(lambda: text in self.log(), timeout, what=f"{text!r} in {self.name}'s log:\n{self.log()}")

@@ -14,7 +14,6 @@ BeatCop against real Redis Clusters made by the tests on free ports:
 
 import os
 import shutil
-import signal
 import socket
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from .topologies import (
     assertOneLineError,
     lockNameServedBy,
     runTwistdConcurrently,
+    settleAfterFailover,
     watchUntil,
 )
 
@@ -93,21 +93,7 @@ def test_cluster_master_failover_keeps_exactly_one_command(workdir):
                        "the lease to be refreshed on the new master")
             refreshedAfter = time.monotonic() - killedAt
             kept = replica.client().get(lockName) == start["holder"] and holder.running
-            settle = time.monotonic() + 2
-            watchUntil(cluster, lambda: time.monotonic() >= settle, 10, "two more seconds")
-            assert len(cluster.alive()) == 1, cluster.logs()
-            report = cluster.assertNoOverlap()
-            print(
-                f"\nRedis Cluster failover: replica promoted {promotedAfter:.2f} s after its master was"
-                f" killed, lease refreshed on it after {refreshedAfter:.2f} s; lock kept: {kept};"
-                f" runs: {len(report.runs)}"
-            )
-            if kept:
-                assert len(report.runs) == 1, report.describe()
-            for node in cluster.nodes:
-                node.send(signal.SIGTERM)
-            for node in cluster.nodes:
-                assert node.wait(10) in (0, 69), node.log()
+            settleAfterFailover(cluster, "Redis Cluster", promotedAfter, refreshedAfter, kept)
             assert replica.client().get(lockName) is None, "the lock was not released"
         finally:
             cluster.cleanup()

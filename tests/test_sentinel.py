@@ -8,7 +8,6 @@ variable), so that the separate sentinel credentials are exercised too.
 """
 
 import os
-import signal
 import sys
 import time
 
@@ -21,6 +20,7 @@ from .topologies import (
     assertOneLineError,
     rawInfo,
     runTwistdConcurrently,
+    settleAfterFailover,
     watchUntil,
 )
 
@@ -84,21 +84,7 @@ def test_sentinel_failover_keeps_exactly_one_command(workdir, sentinels):
         refreshedAfter = time.monotonic() - killedAt
         kept = newMaster.get(cluster.lockName) == start["holder"] and holder.running
         # And it stays that way: one command, alive.
-        watchUntil(cluster, lambda: False if time.monotonic() - killedAt < refreshedAfter + 2 else True, 10,
-                   "two more seconds")
-        assert len(cluster.alive()) == 1, cluster.logs()
-        report = cluster.assertNoOverlap()
-        print(
-            f"\nSentinel failover: replica promoted {promotedAfter:.2f} s after the master was killed,"
-            f" lease refreshed on it after {refreshedAfter:.2f} s; lock kept: {kept};"
-            f" runs: {len(report.runs)}"
-        )
-        if kept:
-            assert len(report.runs) == 1, report.describe()
-        for node in cluster.nodes:
-            node.send(signal.SIGTERM)
-        for node in cluster.nodes:
-            assert node.wait(10) in (0, 69), node.log()
+        settleAfterFailover(cluster, "Sentinel", promotedAfter, refreshedAfter, kept)
         assert SENTINEL_PASSWORD not in cluster.logs() and MASTER_PASSWORD not in cluster.logs()
     finally:
         cluster.cleanup()

@@ -23,7 +23,7 @@ import time
 
 from beatcop.lock import _clusterSlot
 
-from .nodes import waitUntil
+from .nodes import readLog, waitUntil
 from .redisserver import RedisServer, _encode, _readReply, findRedisServer, freePort
 
 SLOTS = 16384
@@ -87,7 +87,25 @@ def ask(port, command, password=None, timeout=1.0, username=None):
         return [_readReply(reader) for _ in commands][-1]
 
 
-class _Process:
+class _Started:
+    """
+    C{with X(...) as x:} starts it and stops it on the way out, also when
+    the start failed half-way, so that no process is left behind.
+    """
+
+    def __enter__(self):
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+
+class _Process(_Started):
     """
     A helper process (sentinel, nutcracker) logging to a file, stopped with
     SIGTERM then SIGKILL.
@@ -124,17 +142,13 @@ class _Process:
                 process.wait(5)
 
     def log(self):
-        try:
-            with open(self.logPath, errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
+        return readLog(self.logPath)
 
 
 # -- Redis Cluster --------------------------------------------------------
 
 
-class RedisCluster:
+class RedisCluster(_Started):
     """
     C{masters} masters sharing the slots evenly, each with C{replicas}
     replicas, all on 127.0.0.1.
@@ -214,17 +228,6 @@ class RedisCluster:
     def stop(self):
         for server in self.servers:
             server.stop()
-
-    def __enter__(self):
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc):
-        self.stop()
-        return False
 
     def live(self):
         return [server for server in self.servers if server.running]
@@ -321,7 +324,7 @@ class Sentinel(_Process):
         return ask(self.port, args, self.password)
 
 
-class SentinelSetup:
+class SentinelSetup(_Started):
     """
     A master, a replica and three sentinels (quorum 2), on free ports.
     """
@@ -414,17 +417,6 @@ class SentinelSetup:
         for server in [self.master] + self.replicas:
             if server is not None:
                 server.stop()
-
-    def __enter__(self):
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc):
-        self.stop()
-        return False
 
 
 # -- TLS ------------------------------------------------------------------
@@ -640,23 +632,9 @@ class Nutcracker(_Process):
         waitUntil(answers, 10, interval=0.02, what="nutcracker to answer")
         return self
 
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-        return False
-
 
 def waitForLine(path, text, timeout):
-    def found():
-        try:
-            with open(path, errors="replace") as f:
-                return text in f.read()
-        except FileNotFoundError:
-            return False
-
-    waitUntil(found, timeout, what=f"{text!r} in {path}")
+    waitUntil(lambda: text in readLog(path), timeout, what=f"{text!r} in {path}")
 
 
 def monotonic():
@@ -679,6 +657,33 @@ def watchUntil(cluster, predicate, timeout, what):
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}\n{cluster.logs()}")
         time.sleep(0.01)
+
+
+def settleAfterFailover(cluster, what, promotedAfter, refreshedAfter, kept):
+    """
+    After a Redis failover under a running command: two more seconds with
+    never two commands alive, exactly one alive at the end, no overlap in
+    the history, and, if the holder kept the lock, one run throughout; the
+    figures printed; then every node stopped (0, or 69 for one that lost
+    its lease).
+
+    @return: the checker's report.
+    """
+    settle = time.monotonic() + 2
+    watchUntil(cluster, lambda: time.monotonic() >= settle, 10, "two more seconds")
+    assert len(cluster.alive()) == 1, cluster.logs()
+    report = cluster.assertNoOverlap()
+    print(
+        f"\n{what} failover: replica promoted {promotedAfter:.2f} s after the master was killed,"
+        f" lease refreshed on it after {refreshedAfter:.2f} s; lock kept: {kept}; runs: {len(report.runs)}"
+    )
+    if kept:
+        assert len(report.runs) == 1, report.describe()
+    for node in cluster.nodes:
+        node.send(signal.SIGTERM)
+    for node in cluster.nodes:
+        assert node.wait(10) in (0, 69), node.log()
+    return report
 
 
 def runTwistdConcurrently(cases, timeout=30):
