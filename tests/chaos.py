@@ -184,13 +184,22 @@ class Chaos:
         self._cut(holder, "reset", duration, entry)
 
     def blackhole_standby(self, step, holder, start, duration, entry):
+        node = self._pickStandby(step, holder, entry)
+        if node is not None:
+            self._cut(node, "blackhole", duration, entry)
+
+    def _pickStandby(self, step, holder, entry):
+        """
+        The standby the step's rank names (recorded as the target), or None
+        with the step marked skipped when there is none.
+        """
         standbys = self.standbys(holder)
         if not standbys:
             entry["skipped"] = "no standby"
-            return
+            return None
         node = standbys[step["rank"] % len(standbys)]
         entry["target"] = node.name
-        self._cut(node, "blackhole", duration, entry)
+        return node
 
     def partition_all_but_one(self, step, holder, start, duration, entry):
         nodes = self.cluster.nodes
@@ -272,13 +281,9 @@ class Chaos:
         self.cluster.kill(holder, signal.SIGTERM)
 
     def kill_standby(self, step, holder, start, duration, entry):
-        standbys = self.standbys(holder)
-        if not standbys:
-            entry["skipped"] = "no standby"
-            return
-        node = standbys[step["rank"] % len(standbys)]
-        entry["target"] = node.name
-        self.cluster.kill(node, signal.SIGKILL)
+        node = self._pickStandby(step, holder, entry)
+        if node is not None:
+            self.cluster.kill(node, signal.SIGKILL)
 
     def restart_all(self, step, holder, start, duration, entry):
         sig = signal.SIGTERM if step["flag"] else signal.SIGKILL
