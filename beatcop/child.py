@@ -1,8 +1,16 @@
 """
-The supervised command: started under the lease guard (L{beatcop.guard}) in
-a process group of its own, stopped with "signal the group, then SIGKILL the
-group after the grace period", the way L{twisted.runner.procmon} stops its
-processes, with every delayed call kept so that it can be cancelled.
+One run of the command, seen from BeatCop: started under the lease guard
+(L{beatcop.guard}), stopped the way L{twisted.runner.procmon} stops its
+processes ("the stop signal, then the kill after the grace period", every
+delayed call kept so that it can be cancelled), and contained by the
+node's L{beatcop.containment.Containment}: nothing the command started
+outlives the run, whatever process group or session it moved to.
+
+The guard does the signalling and the containment (it must, for BeatCop
+may be frozen or dead); BeatCop asks it over the control pipe, and kills
+the run itself as a backstop: at the end of the grace period (the run's
+cgroup, or the command's group), and when the guard died without saying
+that it had contained the run (killed by C{kill -9} or the OOM killer).
 """
 
 import os
@@ -14,9 +22,14 @@ from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
 
 from . import guard as _guardModule
+from .containment import Containment, ContainmentMode
 from .errors import ChildStartError, LeaseLost
 
 GUARD_PATH = os.path.abspath(_guardModule.__file__.replace(".pyc", ".py"))
+
+# How long BeatCop's own backstop waits for a run to be gone.
+_BACKSTOP_WAIT = 5.0
+_BACKSTOP_POLL = 0.002
 
 
 # The command's own output (child_output = log), apart from BeatCop's.
@@ -57,11 +70,12 @@ class ChildProcess(protocol.ProcessProtocol):
 
     Use: C{start()}, then C{extendDeadline()} after every successful refresh;
     C{stop()} to end it.  C{ended} fires with a L{ChildExit} once the command
-    (and, by a final SIGKILL to its process group, everything it forked) is
-    gone; it never errbacks.
+    and everything it started are gone; it never errbacks.
 
-    @ivar pid: the guard's pid, which is also the process group id.
-    @ivar commandPid: the command's own pid, once the guard reported it.
+    @ivar pid: the guard's pid.
+    @ivar commandPid: the command's own pid (and process group), once the
+        guard reported it.
+    @ivar cgroup: the run's cgroup, with cgroup containment.
     """
 
     log = Logger()
@@ -78,14 +92,16 @@ class ChildProcess(protocol.ProcessProtocol):
         shell=False,
         python=sys.executable,
         output="inherit",
+        containment=None,
     ):
         """
-        @param killGrace: seconds between the stop signal and SIGKILL.
+        @param killGrace: seconds between the stop signal and the kill.
         @param killBy: the first kill-by deadline, in seconds on
             C{monotonic}'s clock (CLOCK_MONOTONIC, shared with the guard).
         @param output: C{"inherit"}: the command writes to our stdout and
             stderr; C{"log"}: each line it writes becomes a log event in the
             C{beatcop.child} namespace, labelled with its stream.
+        @param containment: a L{Containment}; default the subreaper alone.
         """
         self._reactor = reactor
         self.argv = list(argv)
@@ -96,8 +112,11 @@ class ChildProcess(protocol.ProcessProtocol):
         self._monotonic = monotonic
         self.shell = shell
         self._python = python
+        self.containment = containment or Containment(ContainmentMode.SUBREAPER)
+        self.cgroup = None
         self.pid = None
         self.commandPid = None
+        self._killed = set()
         self.started = defer.Deferred()
         self.ended = defer.Deferred()
         self._exit = None
@@ -110,6 +129,16 @@ class ChildProcess(protocol.ProcessProtocol):
         self.armed = False
         self._wasArmed = False
         self._went = False
+        # What the guard said of the end: "exited N" / "killed N", and
+        # whether it contained the run first.
+        self._reported = None
+        self._contained = False
+        # The guard's end: its wait status, its status pipe closed, every
+        # pipe closed (processEnded), BeatCop's backstop done.
+        self._guardStatus = None
+        self._statusClosed = False
+        self._allClosed = False
+        self._backstop = None
 
     def arm(self):
         """
@@ -146,15 +175,14 @@ class ChildProcess(protocol.ProcessProtocol):
         if self.armed:
             self.armed = False
             token = self.environment.get("BEATCOP_FENCING_TOKEN", "0")
-            try:
-                self.transport.writeToChild(3, f"go {float(self.killBy)!r} {token}\n".encode())
-            except (OSError, KeyError) as e:
-                self.started.errback(ChildStartError(f"the lease guard started ahead is gone: {e}"))
+            if not self._tell(f"go {float(self.killBy)!r} {token}"):
+                self.started.errback(ChildStartError("the lease guard started ahead is gone"))
             return self.started
         self._spawn(armed=False)
         return self.started
 
     def _spawn(self, armed):
+        self.cgroup = self.containment.newRunCgroup()
         args = [
             self._python,
             # Isolated: PYTHONHOME, PYTHONPATH and the like in the environment
@@ -168,6 +196,7 @@ class ChildProcess(protocol.ProcessProtocol):
             "--deadline", repr(float(self.killBy)),
             "--shell", "1" if self.shell else "0",
             "--armed", "1" if armed else "0",
+            *self.containment.guardArguments(self.cgroup),
             "--",
             *self.argv,
         ]
@@ -183,7 +212,20 @@ class ChildProcess(protocol.ProcessProtocol):
             )
         except OSError as e:
             self.started.errback(ChildStartError(f"cannot start the lease guard: {e}"))
-            self.ended.callback(ChildExit(code=127))
+            self._exit = ChildExit(code=127)
+            self.ended.callback(self._exit)
+
+    def _tell(self, line):
+        """
+        Send the guard one control line; C{False} if it is gone.
+        """
+        if self.transport is None or self._exit is not None:
+            return False
+        try:
+            self.transport.writeToChild(3, (line + "\n").encode())
+            return True
+        except (OSError, KeyError):
+            return False
 
     def connectionMade(self):
         self.pid = self.transport.pid
@@ -203,10 +245,17 @@ class ChildProcess(protocol.ProcessProtocol):
                 self.started.callback(self.commandPid)
             elif kind == "error" and not self.started.called:
                 self.started.errback(ChildStartError(rest))
+            elif kind == "error":
+                self.log.error("The lease guard: {error}", error=rest)
             elif kind == "lease-expired" and not self.started.called:
                 # Not the command's fault: the lease deadline passed while
                 # the guard was starting (a loaded or frozen host).
                 self.started.errback(LeaseLost(rest))
+            elif kind == "contained":
+                self._contained = True
+                self._killed.update(int(word) for word in rest.split())
+            elif kind in ("exited", "killed"):
+                self._reported = (kind, int(rest))
 
     _MAX_LINE = 65536
 
@@ -232,44 +281,29 @@ class ChildProcess(protocol.ProcessProtocol):
     def childConnectionLost(self, childFD):
         if childFD in self._outputBuffers and self._outputBuffers[childFD]:
             self._outputReceived(childFD, b"", final=True)
+        if childFD == 4:
+            self._statusClosed = True
+            self._guardGone()
 
     def extendDeadline(self, killBy):
         """
         Tell the guard the new kill-by time (monotonic seconds).
         """
         self.killBy = killBy
-        if self.transport is not None and self._exit is None:
-            try:
-                self.transport.writeToChild(3, f"deadline {killBy!r}\n".encode())
-            except (OSError, KeyError):
-                pass
+        self._tell(f"deadline {killBy!r}")
 
     def signalGroup(self, sig):
         """
-        Send C{sig} to the command's whole process group; to the guard alone
-        if the group does not exist yet (the guard has not called setsid).
+        Send C{sig} to the command's process group, through the guard (which
+        knows it even before it has told us).
         """
-        if self.pid is None or self._exit is not None:
-            return
-        try:
-            os.killpg(self.pid, sig)
-        except ProcessLookupError:
-            try:
-                os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
-        except PermissionError:
-            # The guard is not (yet) the leader of a group of its own: its
-            # pid is still in BeatCop's group or reused. Signal it alone.
-            try:
-                os.kill(self.pid, sig)
-            except OSError:
-                pass
+        self._tell(f"signal {int(sig)}")
 
     def stop(self, grace=None):
         """
-        Stop the command: the stop signal to its group now, SIGKILL to the
-        group after C{grace} seconds (default: the configured grace).
+        Stop the command: the stop signal to its group now, the kill of
+        everything it started after C{grace} seconds (default: the
+        configured grace).
 
         @return: C{self.ended}.
         """
@@ -279,12 +313,12 @@ class ChildProcess(protocol.ProcessProtocol):
         if not self.stopping:
             self.stopping = True
             self.log.info(
-                "Stopping the command (pid {pid}) with {signal}, SIGKILL in {grace:g} s",
+                "Stopping the command (pid {pid}) with {signal}, killing what is left in {grace:g} s",
                 pid=self.commandPid or self.pid,
                 signal=signal.Signals(self.stopSignal).name,
                 grace=grace,
             )
-            self.signalGroup(self.stopSignal)
+            self._tell("stop")
         if grace <= 0:
             self.kill()
         elif self._murder is None or self._murder.getTime() > self._reactor.seconds() + grace:
@@ -295,32 +329,114 @@ class ChildProcess(protocol.ProcessProtocol):
 
     def kill(self):
         """
-        SIGKILL the command's process group at once.
+        Kill the command and everything it started, at once: the guard is
+        asked to, and BeatCop kills the run's cgroup (or the command's
+        group) itself, in case the guard cannot act (frozen).
         """
-        if self._exit is None:
-            self.log.warn("Killing the command's process group {pid} with SIGKILL", pid=self.pid)
-            self.signalGroup(signal.SIGKILL)
+        if self._exit is not None or self.pid is None:
+            return
+        self.log.warn(
+            "Killing the command (pid {pid}) and everything it started with SIGKILL ({how})",
+            pid=self.commandPid or self.pid,
+            how=self.containment.mode.value,
+        )
+        self.stopping = True
+        self._tell("kill")
+        if self.cgroup is not None:
+            self._killed.update(_guardModule.killCgroup(self.cgroup, self.containment.method))
+        elif self.commandPid is not None:
+            try:
+                os.killpg(self.commandPid, signal.SIGKILL)
+            except OSError:
+                pass
 
     @property
     def running(self):
         return self.pid is not None and self._exit is None
 
+    def processExited(self, reason):
+        self._guardStatus = reason
+        self._guardGone()
+
     def processEnded(self, reason):
+        self._guardStatus = reason
+        self._allClosed = True
+        self._maybeEnded()
+
+    def _guardGone(self):
+        """
+        Once the guard has exited and everything it wrote is read: if it did
+        not say that it contained the run (it was killed), BeatCop does.
+        """
+        if self._guardStatus is None or not self._statusClosed or self._backstop is not None:
+            return
         if self._murder is not None and self._murder.active():
             self._murder.cancel()
-        value = reason.value
-        if isinstance(value, (error.ProcessDone, error.ProcessTerminated)):
-            result = ChildExit(code=value.exitCode, signal=value.signal)
+        if self._contained or not self._went and self._wasArmed:
+            self._backstop = defer.succeed(None)
+        else:
+            self._backstop = self._killRun()
+        self._backstop.addCallback(lambda _: self._maybeEnded())
+
+    def _killRun(self):
+        """
+        BeatCop's own containment of a run whose guard is gone: kill, then
+        wait (bounded) until nothing of it is left, then remove its cgroup.
+        """
+        containment = self.containment
+        holderId = self.environment.get("BEATCOP_HOLDER_ID")
+        killed = self._killed
+        killed.update(containment.killRun(self.cgroup, self.commandPid, holderId))
+        self.log.warn(
+            "The lease guard {guard} ended without containing the run (killed?); killing what the command"
+            " left ({how}): {count} process(es)",
+            guard=self.pid,
+            how=containment.describe(),
+            count=len(killed),
+        )
+        done = defer.Deferred()
+        until = self._reactor.seconds() + _BACKSTOP_WAIT
+
+        def check():
+            if containment.runAlive(self.cgroup, self.commandPid, holderId):
+                if self._reactor.seconds() < until:
+                    killed.update(containment.killRun(self.cgroup, self.commandPid, holderId))
+                    self._reactor.callLater(_BACKSTOP_POLL, check)
+                    return
+                self.log.error("Processes of the command would not die within {wait:g} s", wait=_BACKSTOP_WAIT)
+            containment.removeRun(self.cgroup)
+            done.callback(None)
+
+        check()
+        return done
+
+    @property
+    def leftovers(self):
+        """
+        How many processes other than the command itself had to be killed
+        when the run ended (by the guard, or by BeatCop).
+        """
+        return len(self._killed - {self.commandPid})
+
+    def _maybeEnded(self):
+        if self._exit is not None or not self._allClosed or self._backstop is None or not self._backstop.called:
+            return
+        reason = self._guardStatus
+        if self._reported is not None:
+            kind, value = self._reported
+            result = ChildExit(signal=value) if kind == "killed" else ChildExit(code=value)
+        elif isinstance(reason.value, (error.ProcessDone, error.ProcessTerminated)):
+            result = ChildExit(code=reason.value.exitCode, signal=reason.value.signal)
         else:
             result = ChildExit(code=1)
-        # Whatever the command forked and left behind dies with it: nothing
-        # of this run may outlive the lease.
-        if self.pid is not None:
-            try:
-                os.killpg(self.pid, signal.SIGKILL)
-            except OSError:
-                pass
         self._exit = result
+        if self.leftovers:
+            self.log.info(
+                "Killed {count} process(es) that the command left behind", count=self.leftovers
+            )
         if not self.started.called and (self._went or not self._wasArmed):
-            self.started.errback(ChildStartError(f"the command {result.describe()} before it started"))
+            if self.stopping:
+                self.started.errback(defer.CancelledError("stopped before the command started"))
+            else:
+                self.started.errback(ChildStartError(f"the command {result.describe()} before it started"))
         self.ended.callback(result)

@@ -8,11 +8,11 @@ Redis, with the nodes' own configuration file.
     beatcop resume   -c FILE [--no-wait] [--timeout S]
     beatcop demo     [--nodes N]
 
-Exit codes, for scripts: 0 done (C{status}: a node runs the command);
-3 C{status}: nothing runs the command (free, paused, or held back after
-data loss), C{handover}: there is no holder to hand over; 75 (EX_TEMPFAIL)
-the wait timed out (C{handover}: no standby took over; C{pause}: the command
-still runs; C{resume}: no node started it); 64 usage; 68 Redis unreachable;
+Exit codes, for scripts: 0 done (status: a node runs the command);
+3 status: nothing runs the command (free, paused, or held back after
+data loss), handover: there is no holder to hand over; 75 (EX_TEMPFAIL)
+the wait timed out (handover: no standby took over; pause: the command
+still runs; resume: no node started it); 64 usage; 68 Redis unreachable;
 76/77 Redis unusable / credentials refused; 78 bad configuration.
 """
 
@@ -24,20 +24,34 @@ import sys
 
 from twisted.internet import defer, task
 
-from .config import loadConfig
+from .config import loadConfig, urlOverrides
 from .errors import EX_OK, EX_TEMPFAIL, EX_USAGE, BeatCopError
 
 EX_NOT_RUNNING = 3  # as LSB's "status": the program is not running
 
 
+class _Parser(argparse.ArgumentParser):
+    """
+    argparse, with usage errors ending in EX_USAGE (64) as BSD sysexits
+    say, rather than argparse's 2.
+    """
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+
+
 def _parser():
-    parser = argparse.ArgumentParser(
+    from . import __version__
+
+    parser = _Parser(
         prog="beatcop",
         description="Operate a BeatCop lock: who runs the command, hand it over, pause and resume it.",
         epilog=__doc__.split("\n\n", 2)[2],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="action", metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"beatcop {__version__}")
+    commands = parser.add_subparsers(dest="action", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
 
     def withConfig(name, help):
@@ -63,11 +77,7 @@ def _parser():
 
 
 def _loadConfig(options):
-    overrides = {}
-    if options.url:
-        overrides[("redis", "url")] = options.url
-        for key in ("host", "port", "database", "startup_nodes", "sentinels", "service_name"):
-            overrides[("redis", key)] = None
+    overrides = urlOverrides(options.url) if options.url else {}
     return loadConfig(options.config, overrides, checkProgram=False)
 
 
@@ -122,7 +132,7 @@ def formatStatus(status, now):
         + (f", {len(silent)} silent (not seen lately: dead or cut off from Redis)" if silent else "")
     )
     if status.nodes:
-        header = ("ROLE", "HOST", "PID", "STATE", "TOKEN", "SEEN", "ID")
+        header = ("ROLE", "HOST", "PID", "STATE", "TOKEN", "SEEN", "CONTAINMENT", "ID")
         rows = [
             (
                 node.role,
@@ -131,6 +141,7 @@ def formatStatus(status, now):
                 (node.state or "?") if node.role != "silent" else "?",
                 str(node.token) if node.token is not None else "-",
                 f"{node.seen_ms_ago / 1000:.1f}s ago",
+                node.containment or "?",
                 node.id,
             )
             for node in status.nodes

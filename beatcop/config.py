@@ -71,6 +71,7 @@ DEFAULT_RESTART_MAX_DELAY = 30000
 MAXIMUM_MILLISECONDS = 2**31 - 1
 
 COMMAND_LINE = "command line"
+CONTAINMENT_MODES = ("auto", "cgroup", "subreaper")
 SHELL = "/bin/sh"
 
 
@@ -289,6 +290,12 @@ class Config:
     @ivar childOutput: C{"inherit"} (the command writes to BeatCop's own
         stdout/stderr) or C{"log"} (each line becomes a log event labelled
         with the stream, kept apart from BeatCop's own by its namespace).
+    @ivar containment: how a run of the command is contained:
+        C{"auto"} (a cgroup v2 where BeatCop can make one, else the
+        subreaper), C{"cgroup"} (an error where it cannot) or
+        C{"subreaper"}; see L{beatcop.containment}.
+    @ivar cgroupParent: the cgroup v2 directory under which each run's
+        cgroup is made (default: BeatCop's own cgroup).
     @ivar standbyMaxWait: the longest a standby waits between two attempts
         (it normally tries again right when the holder's lease can expire);
         C{None} means the TTL.
@@ -320,6 +327,8 @@ class Config:
     metricsPort: int | None = None
     metricsAddress: str = "127.0.0.1"
     childOutput: str = "inherit"
+    containment: str = "auto"
+    cgroupParent: str | None = None
     environment: Mapping[str, str] = Environment()
     source: str = ""
     warnings: tuple[str, ...] = ()
@@ -352,59 +361,62 @@ class Config:
         return shlex.split(self.command)
 
 
-# Keys each section knows.  Anything else in [redis]/[beatcop] is reported as
-# a warning, since 1.0 files may carry extras that 1.0 ignored.
-REDIS_KEYS = frozenset(
-    {
-        "host",
-        "port",
-        "database",
-        "password",
-        "startup_nodes",
-        "url",
-        "username",
-        "connect_timeout",
-        "reply_timeout",
-        "password_env",
-        "password_file",
-        "tls",
-        "tls_ca_file",
-        "tls_cert_file",
-        "tls_key_file",
-        "tls_verify",
-        "tls_server_name",
-        "sentinels",
-        "service_name",
-        "sentinel_username",
-        "sentinel_password",
-        "sentinel_password_env",
-        "sentinel_password_file",
-        "wait_replicas",
-        "wait_timeout",
-        "proxy",
-    }
+# Every key of [redis] and [beatcop], with the help the command-line flags
+# show (the README's configuration reference says more); the twistd flags
+# are made from this one list.  Anything else in those sections is reported
+# as a warning, since 1.0 files may carry extras that 1.0 ignored.
+KEYS = (
+    ("redis", "url", "Redis URL: redis://[user:password@]host:port/db, rediss://, redis+cluster://,"
+     " redis+sentinel://, unix:///path?db=N, or 'embedded'"),
+    ("redis", "host", "Redis host name, or a unix socket path (BeatCop 1.0)"),
+    ("redis", "port", "Redis TCP port (default 6379)"),
+    ("redis", "database", "Redis database number (default 0)"),
+    ("redis", "password", "Redis password (visible in ps on a command line: prefer --password-env or --password-file)"),
+    ("redis", "startup_nodes", "Redis Cluster seed nodes, host:port,host:port,..."),
+    ("redis", "sentinels", "Redis Sentinel addresses, host[:port],..."),
+    ("redis", "service_name", "the master's name in Sentinel"),
+    ("redis", "username", "ACL user name"),
+    ("redis", "password_env", "the name of an environment variable holding the password"),
+    ("redis", "password_file", "a file holding the password"),
+    ("redis", "sentinel_username", "the sentinels' ACL user name"),
+    ("redis", "sentinel_password", "the sentinels' password (visible in ps: prefer --sentinel-password-env/-file)"),
+    ("redis", "sentinel_password_env", "an environment variable holding the sentinels' password"),
+    ("redis", "sentinel_password_file", "a file holding the sentinels' password"),
+    ("redis", "tls", "yes: TLS with host, startup_nodes or sentinels"),
+    ("redis", "tls_ca_file", "PEM file of the CAs that signed Redis's certificate"),
+    ("redis", "tls_cert_file", "PEM file of our client certificate"),
+    ("redis", "tls_key_file", "PEM file of its private key"),
+    ("redis", "tls_verify", "no: do not verify Redis's certificate (tests only)"),
+    ("redis", "tls_server_name", "the name Redis's certificate must carry"),
+    ("redis", "wait_replicas", "every acquisition and refresh counts only once this many replicas have it (default 0)"),
+    ("redis", "wait_timeout", "milliseconds the WAIT for replicas waits (default reply_timeout/2)"),
+    ("redis", "proxy", "yes: Redis is behind a proxy such as twemproxy"),
+    ("redis", "connect_timeout", "milliseconds to wait for a Redis connection (default 2000)"),
+    ("redis", "reply_timeout", "milliseconds to wait for a Redis reply (default min(1000, timeout/5))"),
+    ("beatcop", "command", "the command to keep running on exactly one node"),
+    ("beatcop", "shell", "yes: run the command through /bin/sh -c"),
+    ("beatcop", "lockname", "the lock's Redis key (default 'beatcop:' + command)"),
+    ("beatcop", "timeout", "lease time-to-live in milliseconds (default 5000)"),
+    ("beatcop", "refresh_interval", "milliseconds between lease refreshes (default timeout/3)"),
+    ("beatcop", "kill_grace", "milliseconds between the stop signal and the kill (default min(1000, timeout/5))"),
+    ("beatcop", "safety_margin", "milliseconds the command must be dead before the lease could expire"
+     " (default max(10, timeout/20))"),
+    ("beatcop", "stop_signal", "the signal that asks the command to stop (default TERM)"),
+    ("beatcop", "on_exit", "when the command exits on its own: exit, restart or handover (default exit)"),
+    ("beatcop", "restart_delay", "first restart delay in ms with on_exit = restart (default 1000)"),
+    ("beatcop", "restart_max_delay", "longest restart delay in ms (default 30000)"),
+    ("beatcop", "notify", "yes/no: announce releases and listen for them while standing by (default yes)"),
+    ("beatcop", "standby_max_wait", "longest wait in ms between a standby's attempts (default timeout)"),
+    ("beatcop", "prestart_guard", "yes/no: a standby keeps its lease guard started ahead (default yes)"),
+    ("beatcop", "containment", "auto, cgroup or subreaper: how everything the command starts is killed with"
+     " its run (default auto)"),
+    ("beatcop", "cgroup_parent", "the cgroup v2 directory to make each run's cgroup in (default BeatCop's own)"),
+    ("beatcop", "metrics_port", "serve Prometheus /metrics and /health on this TCP port (default off)"),
+    ("beatcop", "metrics_address", "the address the metrics listener binds (default 127.0.0.1)"),
+    ("beatcop", "child_output", "inherit (default) or log: the command's output as labelled log lines"),
 )
-BEATCOP_KEYS = frozenset(
-    {
-        "timeout",
-        "lockname",
-        "command",
-        "shell",
-        "refresh_interval",
-        "kill_grace",
-        "safety_margin",
-        "stop_signal",
-        "on_exit",
-        "restart_delay",
-        "restart_max_delay",
-        "notify",
-        "standby_max_wait",
-        "metrics_port",
-        "metrics_address",
-        "child_output",
-        "prestart_guard",
-    }
-)
+REDIS_KEYS = frozenset(key for section, key, _ in KEYS if section == "redis")
+BEATCOP_KEYS = frozenset(key for section, key, _ in KEYS if section == "beatcop")
 _KNOWN_KEYS = {"redis": REDIS_KEYS, "beatcop": BEATCOP_KEYS}
 _ENVIRONMENT = "environment"
 _SECTIONS = ("redis", "beatcop", _ENVIRONMENT)
@@ -478,13 +490,36 @@ class _Reader:
 
     def text(self, section, key):
         """
-        The key's text, or L{None} when absent or empty: an empty value means
-        "use the default", as an empty C{lockname} did in 1.0.
+        The key's text, or L{None} when absent.  An empty value is an error:
+        silently replacing it by the default hides a mistake (an empty
+        C{timeout} is not 5000 ms on purpose).  The one exception is
+        L{lockName}'s, which BeatCop 1.0 documented.
         """
         value = self.raw(section, key)
-        if value is None or not value.text.strip():
+        if value is None:
             return None
-        return value.text.strip()
+        text = value.text.strip()
+        if not text:
+            self.fail(section, key, "empty: give a value, or remove the key for its default")
+        return text
+
+    def lockName(self, command):
+        """
+        C{lockname}, or BeatCop 1.0's default when absent, or empty as 1.0
+        allowed (with a warning: nodes whose command lines differ in the
+        least, e.g. a path, would use different locks).
+        """
+        value = self.raw("beatcop", "lockname")
+        if value is not None and not value.text.strip():
+            derived = "beatcop:" + command
+            self.warn(
+                "beatcop",
+                "lockname",
+                f"empty: the lock is named after the command, {derived!r}, as BeatCop 1.0 did; nodes whose"
+                f" command lines differ in the least would use different locks: give the name",
+            )
+            return derived
+        return self.text("beatcop", "lockname") or "beatcop:" + command
 
     def given(self, section, key):
         return self.text(section, key) is not None
@@ -705,6 +740,22 @@ def _mergeSections(source, fileSections, overrides):
     return merged, warnings
 
 
+# Keys that a URL given on a command line replaces: wherever the file says
+# Redis is.
+_URL_REPLACES = ("host", "port", "database", "startup_nodes", "sentinels", "service_name")
+
+
+def urlOverrides(url):
+    """
+    The overrides (for L{loadConfig}) of a Redis URL given on a command
+    line: the URL, and none of the file's other ways of saying where Redis
+    is.
+    """
+    overrides = {("redis", key): None for key in _URL_REPLACES}
+    overrides[("redis", "url")] = url
+    return overrides
+
+
 def loadConfig(path=None, overrides=None, checkProgram=True):
     """
     Read, merge and check a configuration.
@@ -747,7 +798,7 @@ def loadConfig(path=None, overrides=None, checkProgram=True):
                 reader.warn(section, key, "unknown key, ignored")
 
     command, shell = _readCommand(reader)
-    lockName = reader.text("beatcop", "lockname") or "beatcop:" + command
+    lockName = reader.lockName(command)
     ttl = reader.milliseconds("beatcop", "timeout", DEFAULT_TTL, minimum=MINIMUM_TTL)
     redis = _readRedis(reader, ttl)
     refreshInterval = reader.milliseconds(
@@ -807,6 +858,16 @@ def loadConfig(path=None, overrides=None, checkProgram=True):
     childOutput = (reader.text("beatcop", "child_output") or "inherit").lower()
     if childOutput not in ("inherit", "log"):
         reader.fail("beatcop", "child_output", f"not inherit or log: {childOutput!r}")
+    containment = (reader.text("beatcop", "containment") or "auto").lower()
+    if containment not in CONTAINMENT_MODES:
+        reader.fail("beatcop", "containment", f"not one of {', '.join(CONTAINMENT_MODES)}: {containment!r}")
+    cgroupParent = reader.text("beatcop", "cgroup_parent")
+    if cgroupParent is not None:
+        if containment == "subreaper":
+            reader.fail("beatcop", "cgroup_parent", "not used with containment = subreaper")
+        if not os.path.isabs(cgroupParent):
+            reader.fail("beatcop", "cgroup_parent", f"not an absolute path: {cgroupParent!r}")
+        cgroupParent = os.path.normpath(cgroupParent)
 
     environment = _readEnvironment(reader)
     if checkProgram:
@@ -831,6 +892,8 @@ def loadConfig(path=None, overrides=None, checkProgram=True):
         prestartGuard=prestartGuard,
         metricsAddress=metricsAddress,
         childOutput=childOutput,
+        containment=containment,
+        cgroupParent=cgroupParent,
         environment=environment,
         source=source,
         warnings=tuple(reader.warnings),
@@ -1000,9 +1063,18 @@ def _readSecret(reader, key, fromUrl):
     try:
         with open(path, "rb") as secretFile:
             data = secretFile.read()
+            mode = os.fstat(secretFile.fileno()).st_mode
     except OSError as error:
         reader.fail(
             "redis", given, f"cannot read {path!r}: {error.strerror or error}"
+        )
+    if mode & 0o077:
+        # As ssh says of a private key: anyone who can read it is Redis's
+        # client, and so decides which node runs the command.
+        reader.warn(
+            "redis",
+            given,
+            f"{path!r} is open to users other than its owner (mode {mode & 0o777:04o}): chmod 600 it",
         )
     try:
         text = data.decode("utf-8")
@@ -1503,6 +1575,7 @@ __all__ = [
     "Config",
     "Environment",
     "loadConfig",
+    "urlOverrides",
     "timingProblem",
     "defaultReplyTimeout",
     "defaultRefreshInterval",

@@ -46,6 +46,7 @@ class NodeInfo:
     token: int = None
     since: float = None  # wall-clock seconds (the node's clock)
     command_pid: int = None
+    containment: str = None  # "cgroup" or "subreaper": see beatcop.containment
     version: str = None
     seen_ms_ago: int = None  # by Redis's clock
     role: str = "standby"  # "holder", "standby", or "silent" (not seen lately)
@@ -122,7 +123,7 @@ def readStatus(client, config):
         if ago > stale:
             continue
         node = NodeInfo(id=nodeId, seen_ms_ago=ago, **{k: info.get(k) for k in (
-            "host", "pid", "state", "token", "since", "command_pid", "version")})
+            "host", "pid", "state", "token", "since", "command_pid", "containment", "version")})
         if nodeId == holder:
             node.role = "holder"
         elif ago > silentAfter:

@@ -1,26 +1,39 @@
 """
-The lease guard: a tiny process between BeatCop and the command, which keeps
-the command's life inside the lease even when BeatCop cannot.
+The lease guard: a small process between BeatCop and the command, which
+keeps everything the command starts inside the lease, even when BeatCop
+cannot act (frozen, killed).
 
 BeatCop starts it as C{python -I -S guard.py ...}; it uses only the standard
-library so that it starts in milliseconds.  It:
+library (and few modules of it) so that it starts in milliseconds.  It:
 
-  1. makes itself the leader of a new session and process group, which the
-     command and everything the command forks inherit, so that one signal to
-     the group reaches a whole C{sh -c} pipeline or a Celery pool;
-  2. asks Linux for a signal when BeatCop dies (C{PR_SET_PDEATHSIG}), and
-     also treats the end of its control pipe as BeatCop's death: either way it
-     SIGKILLs the whole group, so that no child outlives a killed BeatCop;
-  3. starts the command, and reports "started PID" or "error TEXT" on its
-     status pipe;
-  4. holds a kill-by deadline on the monotonic clock, which BeatCop pushes
-     forward after every successful refresh.  At C{deadline - grace} it sends
-     the stop signal to the group, at the deadline SIGKILL.  This is what
-     bounds the child by the lease when BeatCop's reactor is frozen
-     (SIGSTOP, swap, a long GC pause): the guard does not depend on it;
-  5. ignores the stop signal itself (the group gets it; the guard waits for
-     the command) and exits as the command did, so that BeatCop sees the
-     command's own exit status.
+  1. leaves BeatCop's session (C{setsid}), so that a terminal's or a
+     supervisor's signal to BeatCop's process group does not reach the
+     command behind BeatCop's back, and makes itself a I{child subreaper}:
+     whatever the command forks and orphans, in whatever process group or
+     session, is re-parented to the guard instead of to init;
+  2. starts the command in a process group of its own (so that the stop
+     signal reaches a C{sh -c} pipeline or a worker pool, and never the
+     guard) and, with C{--cgroup}, in a cgroup v2 of its own, a boundary
+     that no process inside can leave by C{setsid} or double forks;
+  3. holds a kill-by deadline on the monotonic clock, pushed forward after
+     every refresh that Redis confirmed.  At C{deadline - grace} it sends the
+     stop signal to the command's group, at the deadline it kills everything
+     (see L{contain}).  That is what bounds the command by the lease when
+     BeatCop is frozen (SIGSTOP, swap, a long pause);
+  4. kills everything, and only then exits, whenever the run ends: the
+     command exited (its leftovers die), BeatCop asked (C{kill}), the
+     deadline passed, or BeatCop died (the end of the control pipe, and the
+     parent-death signal).  It never kills itself before the command's
+     descendants are dead: that ordering is the point of the guard;
+  5. ignores the usual stop signals itself (a C{KillMode=control-group}
+     SIGTERM reaches every process): BeatCop tells it what to do.
+
+L{contain} is the one containment mechanism of every end of a run: with a
+cgroup, C{cgroup.kill} (Linux 5.14+), or freezing it and SIGKILLing every pid
+in it on older kernels; then, in every mode, SIGKILL to each child left and
+reaping, in a loop, until the guard has no child left (orphans come to it as
+the subreaper).  BeatCop uses the same functions (L{killCgroup},
+L{cgroupPopulated}) for its own backstop when the guard itself is killed.
 
 A standby may start the guard ahead (C{--armed 1}): it then waits, with
 nothing started, until BeatCop wins the lease and sends C{go}, so that the
@@ -29,180 +42,482 @@ interpreter's start-up is not on the takeover's critical path.
 Control pipe (fd 3, from BeatCop), one line per message:
     go SECONDS TOKEN    (armed only) start now, kill-by time, fencing token
     deadline SECONDS    new kill-by time on CLOCK_MONOTONIC
+    stop                the stop signal to the command's group now
+    signal N            signal N to the command's group (SIGHUP: reload)
+    kill                kill everything now
 Status pipe (fd 4, to BeatCop):
     started PID | error TEXT | lease-expired TEXT
+    contained PID...    everything is dead; these leftovers were killed
+    exited CODE | killed SIGNAL     how the command itself ended (last line)
 """
 
-import ctypes
 import os
 import select
-import signal
-import subprocess
 import sys
 import time
+
+try:
+    # The C module behind "signal", without the enum module that the
+    # latter imports (a few hundred kB and a millisecond of start-up).
+    import _signal as signal
+except ImportError:  # pragma: no cover - other Pythons
+    import signal
 
 CONTROL_FD = 3
 STATUS_FD = 4
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
-# Signals that mean "stop" to the command; the guard must survive them to
-# report the command's exit status.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
-PARENT_DIED = signal.SIGPWR if hasattr(signal, "SIGPWR") else signal.SIGUSR2
+SIGKILL = 9
+# Signals that mean "stop" to a process; the guard must survive them to
+# report the command's exit status and to contain its leftovers.
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
+# Dispositions that Python sets and that exec keeps: the command must start
+# with the defaults, as from a shell.
+RESET_SIGNALS = STOP_SIGNALS + ("SIGPIPE", "SIGXFSZ", "SIGXFZ")
+# Sent to the guard when BeatCop dies (see PR_SET_PDEATHSIG).
+PARENT_DIED = getattr(signal, "SIGPWR", getattr(signal, "SIGUSR2", 12))
+# How long a containment may take before the guard reports what is left
+# (SIGKILL is not refused; only a process stuck in the kernel takes long).
+CONTAIN_WAIT = 5.0
+
+_libc = None
 
 
-def _prctlDeathSignal(sig):
+def _prctl(option, value):
     """
-    Ask Linux to send C{sig} when our parent dies; a no-op elsewhere (the
-    control pipe's end still tells us).
+    prctl(2) through ctypes, imported only here (it costs start-up time);
+    C{False} where there is no such call (not Linux).
     """
+    global _libc
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
+        if _libc is None:
+            import ctypes
 
-
-def _becomeSubreaper():
-    """
-    Ask Linux to hand us whatever the command forks and orphans (instead of
-    init), so that its leftovers are our children: found by reading one
-    small file rather than by scanning /proc.
-    """
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+            _libc = ctypes.CDLL(None, use_errno=True)
+        return _libc.prctl(option, value, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
 
 
-def _killAll(pids):
-    for pid in pids:
+# -- cgroup v2 -----------------------------------------------------------
+
+
+def _write(path, text):
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _read(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = []
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return b"".join(chunks).decode()
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+
+
+def cgroupPopulated(path):
+    """
+    Whether any process is left in the cgroup C{path} or below it; C{False}
+    once the cgroup is gone.
+    """
+    try:
+        return "populated 1" in _read(os.path.join(path, "cgroup.events"))
+    except FileNotFoundError:
+        return False
+
+
+def _cgroupPids(path):
+    pids = []
+    for directory, subdirectories, _ in os.walk(path):
         try:
-            os.kill(pid, signal.SIGKILL)
+            pids.extend(int(word) for word in _read(os.path.join(directory, "cgroup.procs")).split())
+        except (FileNotFoundError, ValueError):
+            pass
+    return pids
+
+
+def killCgroup(path, method="kill"):
+    """
+    SIGKILL every process in the cgroup C{path} (and below), without waiting.
+
+    C{method="kill"}: C{cgroup.kill} (Linux 5.14+), which the kernel applies
+    to every process in the cgroup at once, forks racing it included.
+    C{"freeze"}: freeze the cgroup (5.2+) and SIGKILL each pid listed (a
+    frozen process still dies of SIGKILL); call again until
+    L{cgroupPopulated} is false, for a fork that raced the freeze.
+
+    @return: the pids that were in it.
+    """
+    pids = _cgroupPids(path)
+    if method == "kill":
+        try:
+            _write(os.path.join(path, "cgroup.kill"), "1")
+            return pids
+        except FileNotFoundError:
+            if not os.path.isdir(path):
+                return pids
+            # No cgroup.kill (before 5.14): freeze instead.
+    try:
+        _write(os.path.join(path, "cgroup.freeze"), "1")
+    except OSError:
+        pass
+    for pid in pids:
+        _kill(pid, SIGKILL)
+    return pids
+
+
+def removeCgroup(path):
+    """
+    Remove the (empty) cgroup C{path} and any empty cgroups below it.
+
+    @return: whether it is gone.
+    """
+    for directory, _, _ in sorted(os.walk(path), key=lambda entry: -len(entry[0])):
+        try:
+            os.rmdir(directory)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return False
+    return True
+
+
+def _enterCgroup(path):
+    """
+    In the forked command, before exec: move into the run's cgroup, which
+    then holds the command and everything it ever forks.
+    """
+    _write(os.path.join(path, "cgroup.procs"), "0")
+
+
+# -- processes -----------------------------------------------------------
+
+
+def _kill(pid, sig):
+    try:
+        os.kill(pid, sig)
+        return True
+    except OSError:
+        return False
+
+
+def _killGroup(pgid, sig):
+    try:
+        os.killpg(pgid, sig)
+    except OSError:
+        pass
+
+
+def _children():
+    """
+    Our live children (re-parented orphans included), from the kernel's own
+    list, or a scan of /proc where that list is not compiled in.
+    """
+    me = os.getpid()
+    try:
+        return [int(word) for word in _read(f"/proc/{me}/task/{me}/children").split()]
+    except FileNotFoundError:
+        pass
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                fields = _read(f"/proc/{name}/stat").rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if len(fields) > 1 and int(fields[1]) == me:
+                found.append(int(name))
+    return found
+
+
+class Guard:
+    """
+    One run of the command, from the guard's side.  See the module
+    docstring.
+    """
+
+    def __init__(self, command, stopSignal, grace, deadline, cgroup=None, cgroupMethod="kill", shell=False):
+        self.command = command
+        self.stopSignal = stopSignal
+        self.grace = grace
+        self.deadline = deadline
+        self.cgroup = cgroup or None
+        self.cgroupMethod = cgroupMethod
+        self.shell = shell
+        self.commandPid = None
+        self.status = None  # the command's wait status, once reaped
+        self.stopSent = False
+        self.parentGone = False
+        self.killRequested = False
+        self.leftovers = set()
+        self._buffer = b""
+
+    # -- messages ----------------------------------------------------------
+
+    def report(self, text):
+        try:
+            os.write(STATUS_FD, (text.replace("\n", " ") + "\n").encode("utf-8", "replace"))
         except OSError:
             pass
 
+    def readControl(self, control):
+        """
+        Read what BeatCop sent (without blocking: select said so) and act on
+        it.  The end of the pipe is BeatCop's death.
+        """
+        try:
+            data = os.read(control, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            self.parentGone = True
+            return
+        self.feed(data)
 
-def _killLeftovers(subreaper):
-    """
-    SIGKILL whatever the command left behind, before its exit is reported
-    and the lease released.  As a subreaper, those are our children (also
-    those that left the process group); otherwise scan the group in /proc.
-    """
-    if subreaper:
-        path = f"/proc/self/task/{os.getpid()}/children"
-        for _ in range(200):
-            while True:
-                try:
-                    pid, _ = os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
-                    pid = 0
-                if pid == 0:
-                    break
+    def feed(self, data):
+        """
+        Act on every whole line received so far.
+        """
+        self._buffer += data
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for line in lines:
+            self.handle(line.split())
+
+    def handle(self, words):
+        if not words:
+            return
+        kind = words[0]
+        try:
+            if kind == b"deadline" and len(words) == 2:
+                self.deadline = float(words[1])
+            elif kind == b"stop":
+                self.sendStop()
+            elif kind == b"signal" and len(words) == 2:
+                self.signalCommand(int(words[1]))
+            elif kind == b"kill":
+                self.killRequested = True
+                if self.commandPid is not None:
+                    self.contain()
+        except ValueError:
+            pass
+
+    # -- the command ---------------------------------------------------------
+
+    def start(self):
+        """
+        Fork and exec the command in its own process group (and cgroup).
+
+        @return: C{None}, or the reason it could not be started.
+        """
+        if self.cgroup is not None:
             try:
-                with open(path) as f:
-                    children = [int(word) for word in f.read().split()]
-            except OSError:
-                break  # no CONFIG_PROC_CHILDREN: scan instead
-            if not children:
+                os.mkdir(self.cgroup, 0o755)
+            except FileExistsError:
+                pass
+            except OSError as e:
+                return f"cannot make the cgroup {self.cgroup}: {e.strerror or e}"
+        errorRead, errorWrite = os.pipe()  # both close on exec
+        pid = os.fork()
+        if pid == 0:
+            stage = "start"
+            try:
+                os.close(errorRead)
+                for fd in (CONTROL_FD, STATUS_FD):
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+                stage = "make its process group"
+                os.setpgid(0, 0)
+                if self.cgroup is not None:
+                    stage = f"enter the cgroup {self.cgroup}"
+                    _enterCgroup(self.cgroup)
+                for name in RESET_SIGNALS + ("SIGCHLD", "SIGPWR"):
+                    number = getattr(signal, name, None)
+                    if number is not None:
+                        signal.signal(number, signal.SIG_DFL)
+                # The command dies with the guard, whatever kills the guard.
+                _prctl(PR_SET_PDEATHSIG, SIGKILL)
+                stage = "run"
+                os.execvp(self.command[0], self.command)
+            except BaseException as e:
+                code = getattr(e, "errno", 0) or 0
+                text = getattr(e, "strerror", None) or str(e)
+                try:
+                    os.write(errorWrite, f"{stage}\0{code}\0{text}".encode("utf-8", "replace"))
+                finally:
+                    os._exit(127)
+        os.close(errorWrite)
+        self.commandPid = pid
+        failure = b""
+        while True:
+            try:
+                chunk = os.read(errorRead, 4096)
+            except InterruptedError:
+                continue
+            if not chunk:
+                break
+            failure += chunk
+        os.close(errorRead)
+        if failure:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+            self.commandPid = None
+            stage, _, rest = failure.decode("utf-8", "replace").partition("\0")
+            _, _, text = rest.partition("\0")
+            if self.cgroup is not None:
+                removeCgroup(self.cgroup)
+            if stage == "run":
+                what = "/bin/sh" if self.shell else self.command[0]
+                return f"cannot run {what!r}: {text}"
+            return f"cannot {stage}: {text}"
+        return None
+
+    def sendStop(self):
+        self.stopSent = True
+        self.signalCommand(self.stopSignal)
+
+    def signalCommand(self, sig):
+        if self.commandPid is not None and self.status is None:
+            _killGroup(self.commandPid, sig)
+
+    def reap(self):
+        """
+        Collect every child that ended: the command's status, and the
+        orphans re-parented to us (which would stay zombies otherwise).
+        """
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
                 return
-            _killAll(children)
-            time.sleep(0.001)
-    _killRestOfGroup()
+            except InterruptedError:
+                continue
+            if pid == 0:
+                return
+            if pid == self.commandPid and self.status is None:
+                self.status = status
+
+    def contain(self):
+        """
+        Kill everything the command started and wait until it is gone,
+        before anything else happens: the guard's one duty.
+        """
+        until = time.monotonic() + CONTAIN_WAIT
+        killed = set()
+        if self.cgroup is not None:
+            killed.update(killCgroup(self.cgroup, self.cgroupMethod))
+        elif self.commandPid is not None:
+            _killGroup(self.commandPid, SIGKILL)
+        # Everything outside a cgroup (all of it without one) that is still
+        # alive is our descendant and comes to us as its parents die: kill
+        # our children, reap them, look again, until there are none.
+        while True:
+            self.reap()
+            children = _children()
+            populated = self.cgroup is not None and cgroupPopulated(self.cgroup)
+            if not children and not populated:
+                break
+            if time.monotonic() >= until:
+                self.report(f"error processes of the command would not die: {children}")
+                break
+            for pid in children:
+                _kill(pid, SIGKILL)
+            killed.update(children)
+            if populated and self.cgroupMethod != "kill":
+                killed.update(killCgroup(self.cgroup, self.cgroupMethod))
+            select.select([], [], [], 0.001)
+        self.reap()
+        if self.cgroup is not None:
+            removeCgroup(self.cgroup)
+        killed.discard(self.commandPid)
+        self.leftovers.update(killed)
+
+    # -- the loop ------------------------------------------------------------
+
+    def run(self, control, wakeup):
+        """
+        Supervise the started command until the run ends; contain it.
+
+        @return: the exit code of the guard (the command's, or 128+N).
+        """
+        while self.status is None and not self.parentGone:
+            now = time.monotonic()
+            if now >= self.deadline:
+                break
+            if not self.stopSent and now >= self.deadline - self.grace:
+                self.sendStop()
+            wake = self.deadline if self.stopSent else self.deadline - self.grace
+            readable, _, _ = select.select([control, wakeup], [], [], max(0.0, min(wake - now, 60.0)))
+            if wakeup in readable:
+                _drain(wakeup)
+            if control in readable:
+                self.readControl(control)
+            self.reap()
+        self.contain()
+        self.report(" ".join(["contained", *map(str, sorted(self.leftovers))]))
+        status = self.status
+        if status is None:  # killed by contain() and not reaped: it was SIGKILL
+            self.report(f"killed {SIGKILL}")
+            return 128 + SIGKILL
+        if os.WIFSIGNALED(status):
+            self.report(f"killed {os.WTERMSIG(status)}")
+            return 128 + os.WTERMSIG(status)
+        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1
+        self.report(f"exited {code}")
+        return code
 
 
-def _killGroup(sig):
+def _drain(fd):
     try:
-        os.killpg(os.getpgrp(), sig)
-    except ProcessLookupError:
+        while os.read(fd, 512):
+            pass
+    except (BlockingIOError, InterruptedError):
         pass
 
 
-def _killRestOfGroup():
+def _waitForGo(guard, control, wakeup):
     """
-    SIGKILL the other processes of our group: whatever the command forked
-    and left behind when it exited.  BeatCop kills the group when the guard
-    exits, but not while it is frozen; and the guard cannot killpg its own
-    group without dying before it has passed the command's status on, so it
-    finds them in /proc (Linux; elsewhere BeatCop's killpg still follows).
-    """
-    me, group = os.getpid(), os.getpgrp()
-    for _ in range(50):
-        others = []
-        try:
-            names = os.listdir("/proc")
-        except OSError:
-            return
-        for name in names:
-            if not name.isdigit() or int(name) == me:
-                continue
-            try:
-                with open(f"/proc/{name}/stat", "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            # state, ppid, pgrp, ...: zombies are dead already
-            if len(fields) > 2 and fields[0] != b"Z" and int(fields[2]) == group:
-                others.append(int(name))
-        if not others:
-            return
-        _killAll(others)
-        time.sleep(0.002)
-
-
-def _readDeadlines(control, buffered, deadline):
-    """
-    Apply the C{deadline} lines already buffered or waiting on the control
-    pipe, without blocking; C{(buffered, deadline, open)}.
-    """
-    while True:
-        *lines, buffered = buffered.split(b"\n")
-        for line in lines:
-            parts = line.split()
-            if len(parts) == 2 and parts[0] == b"deadline":
-                deadline = float(parts[1])
-        if not select.select([control], [], [], 0)[0]:
-            return buffered, deadline, True
-        data = control.read(4096)
-        if not data:
-            return buffered, deadline, False
-        buffered += data
-
-
-def _waitForGo(control):
-    """
-    A warm guard's wait: block until BeatCop sends C{go DEADLINE TOKEN}
-    (it acquired the lease); C{(rest of the buffer, deadline, token)}, or
-    C{None} when the pipe closes first (the node left).
+    A guard started ahead waits for C{go DEADLINE TOKEN} (the lease is won);
+    C{None} when BeatCop goes away first.  Deadlines sent meanwhile apply.
     """
     buffered = b""
-    while True:
-        *lines, rest = buffered.split(b"\n")
-        for index, line in enumerate(lines):
-            parts = line.split()
-            if len(parts) == 3 and parts[0] == b"go":
-                remaining = b"\n".join(lines[index + 1 :] + [rest])
-                return remaining, float(parts[1]), parts[2].decode("ascii")
-        buffered = rest
-        data = control.read(4096)
+    while not guard.parentGone:
+        readable, _, _ = select.select([control, wakeup], [], [], None)
+        if wakeup in readable:
+            _drain(wakeup)
+            continue
+        try:
+            data = os.read(control, 4096)
+        except OSError:
+            data = b""
         if not data:
             return None
         buffered += data
-
-
-def _report(text):
-    try:
-        os.write(STATUS_FD, (text.replace("\n", " ") + "\n").encode("utf-8", "replace"))
-    except OSError:
-        pass
+        *lines, buffered = buffered.split(b"\n")
+        for index, line in enumerate(lines):
+            words = line.split()
+            if len(words) == 3 and words[0] == b"go":
+                guard._buffer = b"\n".join(lines[index + 1 :] + [buffered])
+                guard.deadline = float(words[1])
+                return words[2].decode("ascii")
+    return None
 
 
 def _parse(argv):
     options = {}
     while argv and argv[0] != "--":
-        key, value = argv[0], argv[1]
-        options[key.lstrip("-")] = value
+        options[argv[0].lstrip("-")] = argv[1]
         argv = argv[2:]
     return options, argv[1:]
 
@@ -210,97 +525,74 @@ def _parse(argv):
 def main(argv):
     options, command = _parse(argv)
     parentPid = int(options["parent"])
-    stopSignal = int(options["stop-signal"])
-    grace = float(options["kill-grace"])
-    deadline = float(options["deadline"])
-    shell = options.get("shell") == "1"
-    armed = options.get("armed") == "1"
+    guard = Guard(
+        command,
+        stopSignal=int(options["stop-signal"]),
+        grace=float(options["kill-grace"]),
+        deadline=float(options["deadline"]),
+        cgroup=options.get("cgroup") or None,
+        cgroupMethod=options.get("cgroup-method", "kill"),
+        shell=options.get("shell") == "1",
+    )
+    try:
+        os.setsid()
+    except OSError:
+        pass  # a group leader already
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
 
-    os.setsid()
-    subreaper = _becomeSubreaper()
-    signal.signal(PARENT_DIED, lambda *a: _killGroup(signal.SIGKILL))
-    _prctlDeathSignal(PARENT_DIED)
+    # Signals wake the select loop through a pipe: BeatCop's death
+    # (PARENT_DIED), a child's end (SIGCHLD).  The handlers do nothing else.
+    wakeup, wakeupWrite = os.pipe()
+    os.set_blocking(wakeup, False)
+    os.set_blocking(wakeupWrite, False)
+    signal.set_wakeup_fd(wakeupWrite)
+
+    def parentDied(signum, frame):
+        guard.parentGone = True
+
+    signal.signal(PARENT_DIED, parentDied)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    for name in STOP_SIGNALS:
+        number = getattr(signal, name, None)
+        if number is not None and number != PARENT_DIED:
+            signal.signal(number, lambda signum, frame: None)
+    _prctl(PR_SET_PDEATHSIG, PARENT_DIED)
     if os.getppid() != parentPid:
-        # BeatCop died before we could ask to be told.
-        _killGroup(signal.SIGKILL)
-    for sig in STOP_SIGNALS:
-        if sig != PARENT_DIED:
-            signal.signal(sig, lambda *a: None)
+        return 0  # BeatCop died before it could have us told: start nothing
 
-    control = os.fdopen(CONTROL_FD, "rb", buffering=0)
-    buffered = b""
-    if armed:
+    control = CONTROL_FD
+    if options.get("armed") == "1":
         # Started ahead, by a standby: the interpreter's start-up is paid
         # before the lease is won, not after.  Wait for the word.
-        go = _waitForGo(control)
-        if go is None:
+        token = _waitForGo(guard, control, wakeup)
+        if token is None:
             return 0
-        buffered, deadline, token = go
         os.environ["BEATCOP_FENCING_TOKEN"] = token
     # BeatCop keeps refreshing (and sending deadlines) while this process
     # starts, which may take long on a loaded host: go by the newest one.
-    buffered, deadline, _ = _readDeadlines(control, buffered, deadline)
-    if time.monotonic() >= deadline - grace:
-        _report("lease-expired the lease ran out before the command could start")
+    guard.feed(b"")
+    while select.select([control], [], [], 0)[0] and not guard.parentGone:
+        guard.readControl(control)
+    if guard.parentGone:
+        return 0
+    # Nothing started, nothing to contain, from here to the command's start.
+    if guard.killRequested:
+        guard.report("contained")
+        return 128 + SIGKILL
+    if time.monotonic() >= guard.deadline - guard.grace:
+        guard.report("lease-expired the lease ran out before the command could start")
+        guard.report("contained")
         return 75
-
-    def childSetup():
-        # The command dies with the guard, whatever kills the guard.
-        _prctlDeathSignal(signal.SIGKILL)
-
-    try:
-        child = subprocess.Popen(command, shell=False, preexec_fn=childSetup, close_fds=True)
-    except OSError as e:
-        what = "/bin/sh" if shell else command[0]
-        _report(f"error cannot run {what!r}: {e.strerror or e}")
+    problem = guard.start()
+    if problem is not None:
+        guard.report(f"error {problem}")
+        guard.report("contained")
         return 127
-    _report(f"started {child.pid}")
-
-    try:
-        childFd = os.pidfd_open(child.pid)
-    except (AttributeError, OSError):
-        childFd = None
-    stopSent = False
-
-    while True:
-        now = time.monotonic()
-        if now >= deadline:
-            _killGroup(signal.SIGKILL)
-        if not stopSent and now >= deadline - grace:
-            stopSent = True
-            _killGroup(stopSignal)
-        wake = deadline if stopSent else deadline - grace
-        timeout = max(0.0, min(wake - now, 1.0 if childFd is None else 60.0))
-        if childFd is None:
-            timeout = min(timeout, 0.05)
-        watched = [control] + ([childFd] if childFd is not None else [])
-        readable, _, _ = select.select(watched, [], [], timeout)
-        if control in readable:
-            data = control.read(4096)
-            if not data:
-                # BeatCop is gone (its end of the pipe closed with it).
-                _killGroup(signal.SIGKILL)
-            buffered += data
-            *lines, buffered = buffered.split(b"\n")
-            for line in lines:
-                parts = line.split()
-                if len(parts) == 2 and parts[0] == b"deadline":
-                    deadline = float(parts[1])
-        status = child.poll()
-        if status is not None:
-            # Nothing of this run may outlive the command, even while BeatCop
-            # is frozen and cannot kill the group itself.
-            _killLeftovers(subreaper)
-            if status < 0:
-                # Die the way the command died, so BeatCop sees the same.
-                # SIGKILL (and SIGSTOP) cannot be caught: nothing to reset.
-                try:
-                    signal.signal(-status, signal.SIG_DFL)
-                except (OSError, ValueError):
-                    pass
-                os.kill(os.getpid(), -status)
-                return 128 - status
-            return status
+    guard.report(f"started {guard.commandPid}")
+    if guard.stopSent:
+        # Asked to stop while it was starting.
+        guard.sendStop()
+    return guard.run(control, wakeup)
 
 
 if __name__ == "__main__":

@@ -62,8 +62,8 @@ class RedisCommandError(RedisProtocolError):
     @ivar reply: the error text as Redis sent it.
     """
 
-    def __init__(self, reply, message=None):
-        super().__init__(message or f"Redis replied with an error: {reply}")
+    def __init__(self, reply, message=None, exitCode=None):
+        super().__init__(message or f"Redis replied with an error: {reply}", exitCode=exitCode)
         self.reply = reply
 
 
@@ -205,6 +205,9 @@ class _SingleConnectionFactory(Factory):
         proto.factory = self
         proto.callLater = self.clock.callLater
         proto.lostReason = None
+        # Whether Redis ever answered on this connection (AUTH and SELECT
+        # count): a connection closed after that was not a TLS mismatch.
+        proto.answered = False
         originalConnectionLost = proto.connectionLost
 
         def connectionLost(reason):
@@ -233,6 +236,7 @@ class _SingleConnectionFactory(Factory):
         self._maybeReady()
 
     def _connected(self, proto):
+        proto.answered = bool(self.password or self.database)
         self._redisReady = proto
         self._maybeReady()
 
@@ -826,6 +830,7 @@ class RedisClient:
             reply = outcomes[0]
             if isinstance(reply, Failure):
                 return self._replyFailure(proto, address, reply, str(args[0]))
+            proto.answered = True
             if wait:
                 acknowledged = outcomes[1]
                 if isinstance(acknowledged, Failure):
@@ -855,7 +860,18 @@ class RedisClient:
                 self._connection = None
             return Failure(self._connectionFailure(proto, address, failure.value, command))
         if failure.check(txredisapi.ResponseError):
-            return Failure(RedisCommandError(str(failure.value)))
+            proto.answered = True
+            reply = str(failure.value)
+            if reply.startswith(("NOAUTH", "WRONGPASS")):
+                # Credentials: the same failure as a refused AUTH.
+                return Failure(RedisCommandError(
+                    reply,
+                    f"{address}: Redis refused {command}: {reply}"
+                    + (" (it wants a password: see password, password_env or password_file)"
+                       if reply.startswith("NOAUTH") else ""),
+                    exitCode=EX_NOPERM,
+                ))
+            return Failure(RedisCommandError(reply))
         return failure
 
     def _connectionFailure(self, proto, address, error, command=None):
@@ -863,8 +879,12 @@ class RedisClient:
         if _isTLSFailure(reason):
             return RedisTLSError(f"{address}: TLS connection failed: {_describeTLSFailure(reason)}")
         if command is not None and reason is not None and reason.check(internetError.ConnectionDone):
-            # Closed in answer to the command: what proxies do with commands
-            # they do not know, and TLS servers with plain text.
+            if getattr(proto, "answered", False):
+                # It had been working: the server closed it (CLIENT KILL, a
+                # restart, an idle timeout), which says nothing of TLS.
+                return RedisUnreachable(f"{address}: the server closed the connection ({command} unanswered)")
+            # Closed in answer to the first command: what proxies do with
+            # commands they do not know, and TLS servers with plain text.
             hint = ""
             if command.upper() == "INFO":
                 hint = " (through a proxy without INFO, such as twemproxy? set proxy = yes)"

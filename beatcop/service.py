@@ -44,6 +44,7 @@ from twisted.logger import Logger
 
 from . import __version__
 from .child import ChildProcess
+from .containment import detectContainment
 from .errors import (
     EX_OK,
     EX_SOFTWARE,
@@ -168,6 +169,7 @@ class BeatCopService(service.Service):
         randomSource=None,
         childFactory=ChildProcess,
         listenerFactory=None,
+        containment=None,
     ):
         """
         @param config: a L{beatcop.config.Config}.
@@ -180,6 +182,8 @@ class BeatCopService(service.Service):
         @param listenerFactory: makes the release listener from
             C{(reactor, redisConfig, channel, onRelease, unixSocket)};
             default L{ReleaseListener}.
+        @param containment: a L{beatcop.containment.Containment}; detected
+            from the configuration at start-up if C{None}.
         """
         if reactor is None:
             from twisted.internet import reactor
@@ -190,6 +194,7 @@ class BeatCopService(service.Service):
         self._monotonic = monotonic
         self._random = randomSource or random.Random()
         self._childFactory = childFactory
+        self.containment = containment
         self._listenerFactory = listenerFactory or ReleaseListener
         self._listener = None
         # The lease guard started ahead while standing by, or None.
@@ -245,7 +250,33 @@ class BeatCopService(service.Service):
     def startService(self):
         super().startService()
         self._moveTo(NodeState.CONNECTING)
+        if not self._contain():
+            return
         self._track(self._connect())
+
+    def _contain(self):
+        """
+        Decide how runs of the command are contained (unless given), say so,
+        and kill what BeatCops that died with their guards left behind.
+
+        @return: whether the node may go on.
+        """
+        config = self.config
+        if self.containment is None:
+            try:
+                self.containment = detectContainment(config.containment, config.cgroupParent, config.source)
+            except BeatCopError as e:
+                self.log.error("{error}", error=str(e))
+                self._finish(e.exitCode, "containment unavailable")
+                return False
+        self.log.info("Runs of the command are contained by {how}", how=self.containment.describe())
+        for path, pids in self.containment.sweep():
+            self.log.warn(
+                "Killed {count} process(es) left in {path} by a BeatCop that died with its lease guard",
+                count=len(pids),
+                path=path,
+            )
+        return True
 
     def stopService(self):
         """
@@ -304,6 +335,7 @@ class BeatCopService(service.Service):
             "token": self.lock.token if holding and self.lock is not None else None,
             "since": self._holdingSince if holding else None,
             "command_pid": self.child.commandPid if self.child is not None else None,
+            "containment": self.containment.mode.value if self.containment is not None else None,
             "version": __version__,
         }
 
@@ -841,6 +873,7 @@ class BeatCopService(service.Service):
             killBy,
             monotonic=self._monotonic,
             shell=config.shell,
+            containment=self.containment,
             **({"output": config.childOutput} if config.childOutput != "inherit" else {}),
         )
 

@@ -16,37 +16,22 @@ import sys
 from twisted.internet import error
 from twisted.python import usage
 
-from .config import loadConfig
+from .config import KEYS, loadConfig, urlOverrides
+from .containment import detectContainment
 from .errors import EX_CONFIG, ConfigError
 from .service import BeatCopService
 
-# (flag, ini section, ini key, help)
+# Keys that are switches on the command line (no value) rather than options.
+_SWITCHES = {("beatcop", "shell"): "run the command through /bin/sh -c"}
+# (flag, ini section, ini key, help), one per key of the configuration.
 _OVERRIDES = [
-    ("url", "redis", "url", "Redis URL: redis://[user:password@]host:port/db, unix:///path?db=N, or 'embedded'"),
-    ("lockname", "beatcop", "lockname", "lock key name (default: 'beatcop:' + command)"),
-    ("command", "beatcop", "command", "the command to keep running on exactly one node"),
-    ("timeout", "beatcop", "timeout", "lease TTL in milliseconds (default 5000)"),
-    ("refresh-interval", "beatcop", "refresh_interval", "milliseconds between lease refreshes (default timeout/3)"),
-    ("reply-timeout", "redis", "reply_timeout", "milliseconds to wait for a Redis reply (default min(1000, timeout/5))"),
-    ("connect-timeout", "redis", "connect_timeout", "milliseconds to wait for a Redis connection (default 2000)"),
-    ("kill-grace", "beatcop", "kill_grace", "milliseconds between the stop signal and SIGKILL (default min(1000, timeout/5))"),
-    ("safety-margin", "beatcop", "safety_margin", "milliseconds the command must be dead before the lease could expire (default max(10, timeout/20))"),
-    ("stop-signal", "beatcop", "stop_signal", "signal that asks the command to stop (default TERM)"),
-    ("on-exit", "beatcop", "on_exit", "when the command exits on its own: exit, restart or handover (default exit)"),
-    ("restart-delay", "beatcop", "restart_delay", "first restart delay in ms with on-exit=restart (default 1000)"),
-    ("restart-max-delay", "beatcop", "restart_max_delay", "longest restart delay in ms (default 30000)"),
-    ("notify", "beatcop", "notify", "yes/no: publish lock releases and listen for them while standing by (default yes)"),
-    ("standby-max-wait", "beatcop", "standby_max_wait", "longest wait in ms between a standby's attempts (default timeout)"),
-    ("metrics-port", "beatcop", "metrics_port", "serve Prometheus /metrics and /health on this TCP port (default: off)"),
-    ("metrics-address", "beatcop", "metrics_address", "the address the metrics listener binds (default 127.0.0.1)"),
-    ("child-output", "beatcop", "child_output", "inherit (default) or log: the command's output as labelled log lines"),
+    (key.replace("_", "-"), section, key, text) for section, key, text in KEYS if (section, key) not in _SWITCHES
 ]
-
-
 class Options(usage.Options):
     """
-    Every option of the ini file can be given or overridden on the command
-    line; see the README's configuration reference for their meaning.
+    Every key of the ini file can be given or overridden on the command
+    line (C{--reply-timeout} for C{reply_timeout}); see the README's
+    configuration reference for their meaning.
     """
 
     synopsis = "[-c FILE] [options]"
@@ -56,26 +41,28 @@ class Options(usage.Options):
         "node holding the lock runs the command, the others stand by. Flags "
         "override the file's values. Exit codes: 0 clean stop; the command's "
         "own code when it exits; 68 Redis unreachable at start-up; 69 lease "
-        "lost; 71 command cannot be started; 76 Redis unusable; 77 Redis "
-        "refused the credentials; 78 bad configuration."
+        "lost; 71 the command could not be started (vanished since start-up); "
+        "76 Redis unusable; 77 Redis refused the credentials; 78 bad "
+        "configuration (a command not found at start-up included)."
     )
     optParameters = [["config", "c", None, "the ini file (BeatCop 1.0 format and its extensions)"]] + [
         [flag, None, None, text] for flag, _, _, text in _OVERRIDES
     ]
-    optFlags = [["shell", None, "run the command through /bin/sh -c"]]
+    optFlags = [[key, None, text] for (_, key), text in _SWITCHES.items()]
 
     def postOptions(self):
-        overrides = {
-            (section, key): self[flag] for flag, section, key, _ in _OVERRIDES if self[flag] is not None
-        }
-        if self["shell"]:
-            overrides[("beatcop", "shell")] = "yes"
+        overrides = {}
         if self["url"] is not None:
-            # --url replaces wherever the file says Redis is.
-            for key in ("host", "port", "database", "startup_nodes", "sentinels", "service_name"):
-                overrides[("redis", key)] = None
+            overrides.update(urlOverrides(self["url"]))
+        overrides.update(
+            {(section, key): self[flag] for flag, section, key, _ in _OVERRIDES if self[flag] is not None}
+        )
+        for section, key in _SWITCHES:
+            if self[key]:
+                overrides[(section, key)] = "yes"
         try:
-            self.beatcopConfig = loadConfig(self["config"], overrides)
+            self.beatcopConfig = config = loadConfig(self["config"], overrides)
+            self.containment = detectContainment(config.containment, config.cgroupParent, config.source)
         except ConfigError as e:
             sys.stderr.write(f"beatcop: error: {e}\n")
             sys.stderr.flush()
@@ -117,7 +104,7 @@ def makeService(options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
     config = options.beatcopConfig
-    node = BeatCopService(config, reactor=reactor)
+    node = BeatCopService(config, reactor=reactor, containment=getattr(options, "containment", None))
     exitCode = _ExitCode()
     top = node
     if config.metricsPort is not None:

@@ -22,9 +22,13 @@ same seed injects the same sequence (C{--plan N} prints its first N steps
 without running anything).  Which node I{is} the holder when a "holder"
 fault comes is up to the run.
 
-The commands run L{tests.recorder} with one grandchild each (C{--fork 1}), so
-every fault also checks that a command's children die with it;
-C{--grandchildren-ignore-term} makes those children ignore SIGTERM.
+The commands run L{tests.recorder} with one grandchild each (C{--fork 1}) and
+a daemon (C{--daemonize}: fork, setsid, fork, in a session of its own), so
+every fault also checks that everything a command started dies with it,
+whatever group or session it moved to (the checker finds a run's processes
+by their environment); C{--grandchildren-ignore-term} makes the children
+ignore SIGTERM, C{--no-daemon} leaves the daemon out, C{--containment}
+chooses the nodes' containment mode.
 """
 
 import argparse
@@ -39,7 +43,7 @@ import tempfile
 import time
 import traceback
 
-from .faultcluster import FaultCluster
+from .faultcluster import FaultCluster, commandGuardOf
 from .nodes import waitUntil
 from .redisserver import startRedisServer
 
@@ -47,6 +51,7 @@ from .redisserver import startRedisServer
 KINDS = {
     "kill9_holder": 3,
     "kill9_holder_group": 2,
+    "kill9_guard": 2,
     "sigstop_holder": 3,
     "blackhole_holder": 3,
     "reset_holder": 2,
@@ -67,8 +72,8 @@ KINDS = {
 # Faults after which the run they hit must be gone before the command counts
 # as running again.
 ENDS_THE_RUN = {
-    "kill9_holder", "kill9_holder_group", "child_crash", "child_ignores_term_clean_stop", "sigterm_holder",
-    "restart_all",
+    "kill9_holder", "kill9_holder_group", "kill9_guard", "child_crash", "child_ignores_term_clean_stop",
+    "sigterm_holder", "restart_all",
 }
 
 
@@ -123,7 +128,7 @@ class Chaos:
         """
         alive = set(self.cluster.sampler.alive())
         for event in reversed(self.cluster.events("start")):
-            if event["pid"] in alive:
+            if event.get("run", event["pid"]) in alive:
                 return event
         return None
 
@@ -139,7 +144,7 @@ class Chaos:
     def run(self, step):
         kind = step["kind"]
         holder, start = self.holder()
-        needsHolder = kind.endswith("_holder") or kind.endswith("_group") or kind.startswith("child_")
+        needsHolder = kind.endswith(("_holder", "_group", "_guard")) or kind.startswith("child_")
         entry = dict(step, t=round(time.monotonic(), 3), target=None)
         if needsHolder and holder is None:
             entry["skipped"] = "no holder"
@@ -158,6 +163,19 @@ class Chaos:
 
     def kill9_holder_group(self, step, holder, start, duration, entry):
         self.cluster.kill(holder, signal.SIGKILL, group=True)
+
+    def kill9_guard(self, step, holder, start, duration, entry):
+        # The lease guard alone (the OOM killer's choice, a stray kill -9):
+        # BeatCop must kill what the command left, daemons included.
+        guard = commandGuardOf(holder)
+        if guard is None:
+            entry["skipped"] = "no guard"
+            return
+        self.cluster.fault(f"SIGKILL the lease guard {guard} of {holder.name}")
+        try:
+            os.kill(guard, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def sigstop_holder(self, step, holder, start, duration, entry):
         # From a fraction of a TTL (survived) to 2.5 TTL (the guard acts).
@@ -419,6 +437,7 @@ def render(result):
          f" {'ok' if gap['ok'] else 'BREACHED'}" + (f", after {gap['after']}" if gap["after"] else "")),
         ("fencing violations", len(result["fencing_violations"])),
         ("runs outliving their node", len(result["outlived"])),
+        ("leftover processes after the nodes stopped", len(result.get("leftovers", []))),
         ("node exits by code", " ".join(f"{code}:{n}" for code, n in result["node_exits"].items()) or "-"),
         ("tracebacks in logs", len(result["tracebacks"])),
         ("faults without recovery", len(result["unrecovered"])),
@@ -426,7 +445,8 @@ def render(result):
         ("verdict", "OK" if result["ok"] else "FAILED"),
     ]
     lines = [
-        f"seed {result['seed']}, {result['nodes']} nodes, {result['elapsed_s']} s, TTL {result['ttl_ms']} ms",
+        f"seed {result['seed']}, {result['nodes']} nodes, {result['elapsed_s']} s, TTL {result['ttl_ms']} ms,"
+        f" containment {result.get('containment', 'auto')}",
         "",
         _table(rows),
         "",
@@ -460,6 +480,9 @@ def main(argv=None):
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, history)")
     parser.add_argument("--grandchildren-ignore-term", action="store_true",
                         help="the command's children ignore SIGTERM")
+    parser.add_argument("--no-daemon", action="store_true", help="the command starts no daemon")
+    parser.add_argument("--containment", default="auto", choices=("auto", "cgroup", "subreaper"),
+                        help="the nodes' containment (default auto)")
     parser.add_argument("--plan", type=int, default=None, metavar="N",
                         help="print the seed's first N steps and exit")
     options = parser.parse_args(argv)
@@ -478,9 +501,12 @@ def main(argv=None):
     directory = tempfile.mkdtemp(prefix="bchaos-")
     redis = startRedisServer()
     recorderOptions = ("--fork", "1") + (("--fork-ignore-term",) if options.grandchildren_ignore_term else ())
+    if not options.no_daemon:
+        recorderOptions += ("--daemonize",)
     try:
         cluster = FaultCluster(
-            directory, redis, ttl=options.ttl, recorderOptions=recorderOptions, restartDelay=options.restart_delay
+            directory, redis, ttl=options.ttl, recorderOptions=recorderOptions, restartDelay=options.restart_delay,
+            containment=options.containment,
         )
     except BaseException:
         redis.stop()
@@ -551,6 +577,10 @@ def _soak(cluster, redis, options, replyTimeoutMs):
     verdict = cluster.verdict()
     result = summarize(cluster, chaos, options, verdict, time.monotonic() - began)
     result["interrupted"] = interrupted
+    # Stopped cleanly at the end, the nodes leave nothing of any run behind.
+    result["leftovers"] = cluster.stopCleanly()
+    result["ok"] = result["ok"] and not result["leftovers"]
+    result["containment"] = options.containment
     return result
 
 

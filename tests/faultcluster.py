@@ -216,7 +216,9 @@ class FaultCluster(Cluster):
     @ivar faults: (time, description) of every fault injected.
     """
 
-    samplerOptions = {"trees": True, "confirm": True}
+    # Runs are found by their environment (every process of a run, in
+    # whatever group or session), and judged on certain times.
+    samplerOptions = {"environ": True, "confirm": True}
 
     def __init__(
         self,
@@ -378,7 +380,7 @@ class FaultCluster(Cluster):
         waitUntil(
             lambda: self.timeline.get(("ready", node.name)) and node.running,
             timeout,
-            what=f"{node.name} to connect to Redis\n{node.log()}",
+            what=lambda: f"{node.name} to connect to Redis\n{node.log()}",
         )
 
     def waitAllReady(self, timeout=20):
@@ -392,7 +394,7 @@ class FaultCluster(Cluster):
         """
         Wait until the supervisor saw C{node} exit after C{since}; the code.
         """
-        codes = waitUntil(lambda: self.exitsOf(node, since), timeout, what=f"{node.name} to exit\n{node.log()}")
+        codes = waitUntil(lambda: self.exitsOf(node, since), timeout, what=lambda: f"{node.name} to exit\n{node.log()}")
         return codes[0]
 
     # -- faults --------------------------------------------------------
@@ -505,7 +507,7 @@ class FaultCluster(Cluster):
                 return event
             return None
 
-        return waitUntil(found, timeout, what=f"a start of the command after {since:.3f}\n{self.logs()}")
+        return waitUntil(found, timeout, what=lambda: f"a start of the command after {since:.3f}\n{self.logs()}")
 
     def waitForTraffic(self, node, timeout, direction="forwarded"):
         """
@@ -525,11 +527,12 @@ class FaultCluster(Cluster):
         """
         Whether any process of the run started by C{start} is alive.
         """
-        return any(run == start["pid"] for run, _, _ in scanRuns(self.history, trees=True))
+        key = start.get("run", start["pid"])
+        return any(run == key for run, _, _ in scanRuns(self.history, environ=True))
 
     def waitTreeGone(self, start, timeout):
         waitUntil(
-            lambda: not self.treeAlive(start), timeout, what=f"run {start['pid']} and its children to die\n{self.logs()}"
+            lambda: not self.treeAlive(start), timeout, what=lambda: f"run {start['pid']} and its children to die\n{self.logs()}"
         )
         self.sampler.sampleOnce()
         return time.monotonic()
@@ -580,9 +583,37 @@ class FaultCluster(Cluster):
         assert verdict.ok(), verdict.describe() + "\n" + self.logs()
         return verdict
 
+    def stopCleanly(self, timeout=10):
+        """
+        Stop every node as a clean shutdown does (SIGTERM, no restart) and
+        wait; then whatever of any run is still alive is a leftover.
+
+        @return: the pids of the leftovers, 3 s after the last node exited.
+        """
+        for node in self.nodes:
+            self.hold(node)
+        for node in self.nodes:
+            node.send(signal.SIGCONT)
+            node.send(signal.SIGTERM)
+        for node in self.nodes:
+            if node.process is not None:
+                try:
+                    node.process.wait(timeout)
+                except Exception:
+                    pass
+        try:
+            waitUntil(lambda: not scanRuns(self.history, environ=True), 3, what="leftovers")
+        except AssertionError:
+            pass
+        return [pid for _, pid, _ in scanRuns(self.history, environ=True)]
+
     def logs(self):
         text = super().logs()
-        return text + "\n" + "\n".join(f"--- fault {t:.3f}: {what}" for t, what in self.faults)
+        text += "\n" + "\n".join(f"--- fault {t:.3f}: {what}" for t, what in self.faults)
+        return text + f"\n--- at {time.monotonic():.3f}, processes:\n" + _processStates(
+            [node.pid for node in self.nodes if node.process is not None]
+            + [pid for node in self.nodes if node.process is not None for pid, _ in guardsOf(node)]
+        )
 
     def cleanup(self):
         self._stopping.set()
@@ -593,13 +624,67 @@ class FaultCluster(Cluster):
         super().cleanup()
         # Grandchildren that outlived their recorder (which the verdict has
         # reported) must not outlive the test.
-        for _, pid, _ in scanRuns(self.history, trees=True):
+        for _, pid, _ in scanRuns(self.history, environ=True):
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
         for proxy in self.proxies.values():
             proxy.stop()
+
+
+def _processStates(pids):
+    """
+    What each process is doing (state and kernel wait channel), for a
+    failure's evidence.
+    """
+    lines = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            with open(f"/proc/{pid}/wchan") as f:
+                wchan = f.read()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().replace(b"\0", b" ")[:120].decode("utf-8", "replace")
+            lines.append(f"  {pid} state {fields[0].decode()} ppid {fields[1].decode()} wchan {wchan}: {argv}")
+        except OSError:
+            lines.append(f"  {pid} gone")
+    return "\n".join(lines)
+
+
+def guardsOf(node):
+    """
+    The pids of C{node}'s lease guards (a standby's started ahead, a
+    holder's running its command), each with whether it has a child (the
+    command).
+    """
+    parent = str(node.pid).encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if any(a.endswith(b"guard.py") for a in argv) and b"--parent" in argv:
+            if argv[argv.index(b"--parent") + 1] == parent:
+                try:
+                    with open(f"/proc/{name}/task/{name}/children") as f:
+                        working = bool(f.read().split())
+                except OSError:
+                    working = False
+                found.append((int(name), working))
+    return found
+
+
+def commandGuardOf(node):
+    """
+    The pid of the guard that runs C{node}'s command, if one does.
+    """
+    return next((pid for pid, working in guardsOf(node) if working), None)
 
 
 def _waitForProcessState(pid, states, timeout=5.0):

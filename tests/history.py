@@ -79,16 +79,59 @@ def recorderPids(historyPath):
     return [pid for _, pid, _ in scanRuns(historyPath)]
 
 
-def scanRuns(historyPath, trees=False):
+def _environ(pid):
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return b"\0" + f.read()
+    except OSError:
+        return b""
+
+
+def scanRunsByEnvironment(historyPath):
+    """
+    One scan of C{/proc} for every process of this history's runs, found by
+    the environment every process of a run inherits (see L{tests.recorder}):
+    a daemon that left the command's process group and session, or a
+    pipeline's other end, counts as its run.
+
+    @return: C{(run, pid, checked at)} for each live process.
+    """
+    needle = b"\0BEATCOP_TEST_HISTORY=" + os.path.abspath(historyPath).encode() + b"\0"
+    key = b"\0BEATCOP_TEST_RUN="
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        environ = _environ(name)
+        if needle not in environ:
+            continue
+        at = environ.find(key)
+        if at == -1:
+            continue
+        try:
+            run = int(environ[at + len(key) : environ.index(b"\0", at + 1)])
+        except ValueError:
+            continue
+        if _alive(int(name)):
+            found.append((run, int(name), time.monotonic()))
+    return found
+
+
+def scanRuns(historyPath, trees=False, environ=False):
     """
     One scan of C{/proc} for the processes of this history's runs.
 
     @param trees: also count the grandchildren a recorder forked (they carry
         C{--grandchild-of HISTORY PID}) as part of their run.
+    @param environ: find every process of a run by its environment instead
+        (L{scanRunsByEnvironment}), which also counts as the run what
+        carries no marker in its command line.
     @return: C{(run pid, pid, checked at)} for each live process, where
         C{checked at} is when it was found alive (monotonic; a time at which
         it certainly was), and C{run pid} is the recorder's pid.
     """
+    if environ:
+        return scanRunsByEnvironment(historyPath)
     needle = os.path.abspath(historyPath).encode()
     found = []
     for name in os.listdir("/proc"):
@@ -137,15 +180,18 @@ class Sampler:
     @ivar crowded: samples (time, pids) with more than one run alive.  With
         C{confirm}, only samples where two runs were certainly alive at the
         same moment (see L{sampleOnce}).
-    @ivar trees: whether a run's grandchildren count as the run.
+    @ivar trees: whether a run's grandchildren count as the run (always,
+        with C{environ}: see L{scanRunsByEnvironment}).
     @ivar orphans: run pid -> (grandchild pid, time) for grandchildren seen
         alive after their recorder was gone (a tree outliving its command).
     """
 
-    def __init__(self, historyPath, interval=0.005, trees=False, confirm=False):
+    def __init__(self, historyPath, interval=0.005, trees=False, confirm=False, environ=False):
         self.historyPath = os.path.abspath(historyPath)
         self.interval = interval
-        self.trees = trees
+        # A run found by its environment is a whole tree.
+        self.trees = trees or environ
+        self.environ = environ
         self.confirm = confirm
         self.seen = {}
         self.gone = {}
@@ -177,7 +223,7 @@ class Sampler:
         crowded only if the processes found are checked again after the scan
         and the times at which each run was certainly alive intersect.
         """
-        found = scanRuns(self.historyPath, self.trees)
+        found = scanRuns(self.historyPath, self.trees, self.environ)
         crowded = len({run for run, _, _ in found}) > 1
         confirmed = crowded
         if crowded and self.confirm:
@@ -378,7 +424,7 @@ def check(historyPath, sampler=None, until=None, certain=False, unavailable=None
     until = time.monotonic() if until is None else until
     runs = {}
     for event in readHistory(historyPath):
-        pid = event.get("pid")
+        pid = event.get("run", event.get("pid"))
         run = runs.setdefault(pid, Run(pid=pid))
         if event["event"] == "start":
             run.node, run.token, run.start = event["node"], event["token"], event["t"]

@@ -52,6 +52,9 @@ def waitUntil(predicate, timeout, interval=0.01, what="condition", error=Asserti
     Poll C{predicate} until it returns something true (returned), for at
     most C{timeout} seconds.
 
+    @param what: a description, or a callable that makes one (called only
+        on timeout, so that logs quoted in it are those at the end of the
+        wait, not at its start).
     @raise error: on timeout, naming C{what} (the benchmark raises its own).
     """
     deadline = time.monotonic() + timeout
@@ -60,7 +63,7 @@ def waitUntil(predicate, timeout, interval=0.01, what="condition", error=Asserti
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise error(f"timed out after {timeout:g} s waiting for {what}")
+            raise error(f"timed out after {timeout:g} s waiting for {what() if callable(what) else what}")
         time.sleep(interval)
 
 
@@ -166,7 +169,7 @@ class Node:
         return readLog(self.logPath)
 
     def waitForLog(self, text, timeout=10):
-        waitUntil(lambda: text in self.log(), timeout, what=f"{text!r} in {self.name}'s log:\n{self.log()}")
+        waitUntil(lambda: text in self.log(), timeout, what=lambda: f"{text!r} in {self.name}'s log:\n{self.log()}")
 
     def cleanup(self):
         if self.running:
@@ -234,7 +237,7 @@ class Cluster:
         waitUntil(
             lambda: len(self.events("start")) >= count,
             timeout,
-            what=f"{count} starts of the command\n{self.logs()}",
+            what=lambda: f"{count} starts of the command\n{self.logs()}",
         )
         return self.events("start")[count - 1]
 

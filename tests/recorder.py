@@ -18,8 +18,21 @@ It also rewrites C{hb-PID} in the history's directory with the monotonic
 time every C{--heartbeat} seconds, so a frozen child is visible.
 
 Usage: C{python recorder.py HISTORY [--ignore-term] [--exit-after S]
-[--exit-code N] [--fork N] [--fork-ignore-term] [--heartbeat S]}.  The
-node's name comes from C{$BEATCOP_TEST_NODE}.
+[--exit-code N] [--fork N] [--fork-ignore-term] [--fork-cheap]
+[--fork-sessions] [--daemonize] [--heartbeat S]}.  The node's name comes
+from C{$BEATCOP_TEST_NODE}.
+
+Every process of a run carries C{BEATCOP_TEST_HISTORY} (this history) and
+C{BEATCOP_TEST_RUN} (the run: the recorder's pid, or the pid of a shell that
+set it before starting the recorder, for a pipeline) in its environment,
+which the checker reads from /proc: a descendant that left the process group
+or the session, or that exec'd something else, is still seen as part of its
+run.  Events carry C{run} too.
+
+C{--daemonize} forks a daemon the classic way (fork, C{setsid}, fork, the
+middle process exits) before recording C{start} with its pid in
+C{daemons}; C{--fork-sessions} starts each C{--fork} child in a session of
+its own; C{--fork-cheap} makes them C{sleep} processes instead of Python.
 
 The grandchildren (C{--fork}) carry C{--grandchild-of HISTORY PID} in their
 command line, so that the checker can count them as part of their run (a
@@ -44,6 +57,7 @@ def record(history, event, **fields):
         event=event,
         node=os.environ.get("BEATCOP_TEST_NODE", "?"),
         pid=os.getpid(),
+        run=int(os.environ.get("BEATCOP_TEST_RUN") or os.getpid()),
         token=int(os.environ.get("BEATCOP_FENCING_TOKEN", "0") or 0),
         lock=os.environ.get("BEATCOP_LOCK_NAME"),
         holder=os.environ.get("BEATCOP_HOLDER_ID"),
@@ -58,6 +72,38 @@ def record(history, event, **fields):
         os.close(fd)
 
 
+def daemonize(argv):
+    """
+    Start C{argv} as a daemon, the way daemon(3) and start-stop-daemon do:
+    fork, C{setsid} (a new session and process group), fork again, and the
+    middle process exits, so that the daemon is nobody's child and in
+    nobody's group.
+
+    @return: the daemon's pid.
+    """
+    readEnd, writeEnd = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        try:
+            os.close(readEnd)
+            os.setsid()
+            daemon = os.fork()
+            if daemon == 0:
+                os.close(writeEnd)
+                devnull = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(devnull, fd)
+                os.execv(argv[0], argv)
+            os.write(writeEnd, str(daemon).encode())
+        finally:
+            os._exit(0)
+    os.close(writeEnd)
+    with os.fdopen(readEnd, "rb") as f:
+        pid = int(f.read())
+    os.waitpid(middle, 0)
+    return pid
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("history")
@@ -66,19 +112,29 @@ def main(argv=None):
     parser.add_argument("--exit-code", type=int, default=0)
     parser.add_argument("--fork", type=int, default=0)
     parser.add_argument("--fork-ignore-term", action="store_true")
+    parser.add_argument("--fork-cheap", action="store_true")
+    parser.add_argument("--fork-sessions", action="store_true")
+    parser.add_argument("--daemonize", action="store_true")
     parser.add_argument("--heartbeat", type=float, default=0.1)
     options = parser.parse_args(argv)
 
+    history = os.path.abspath(options.history)
+    if os.environ.get("BEATCOP_TEST_HISTORY") != history:
+        # /proc/PID/environ shows the environment a process was exec'd
+        # with: start again (same pid) with the run's marks in it.
+        os.environ.setdefault("BEATCOP_TEST_RUN", str(os.getpid()))
+        os.environ["BEATCOP_TEST_HISTORY"] = history
+        os.execv(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]])
     sleeper = "import time\nwhile True: time.sleep(1)"
     if options.fork_ignore_term:
         sleeper = "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + sleeper
+    marker = ["--grandchild-of", history, str(os.getpid())]
+    child = ["sleep", "3600"] if options.fork_cheap else [sys.executable, "-c", sleeper, *marker]
     grandchildren = [
-        subprocess.Popen(
-            [sys.executable, "-c", sleeper, "--grandchild-of", os.path.abspath(options.history), str(os.getpid())],
-            stdin=subprocess.DEVNULL,
-        ).pid
+        subprocess.Popen(child, stdin=subprocess.DEVNULL, start_new_session=options.fork_sessions).pid
         for _ in range(options.fork)
     ]
+    daemons = [daemonize([sys.executable, "-c", sleeper, *marker])] if options.daemonize else []
     switch = os.path.join(os.path.dirname(os.path.abspath(options.history)), "ignore-term")
 
     def stop(signum, frame):
@@ -96,7 +152,7 @@ def main(argv=None):
         signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, lambda signum, frame: record(options.history, "hup"))
 
-    record(options.history, "start", grandchildren=grandchildren)
+    record(options.history, "start", grandchildren=grandchildren, daemons=daemons)
     heartbeat = os.path.join(os.path.dirname(os.path.abspath(options.history)), f"hb-{os.getpid()}")
     started = time.monotonic()
     while True:

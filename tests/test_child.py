@@ -21,7 +21,8 @@ from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
 from beatcop.child import ChildExit, ChildProcess
-from beatcop.errors import EX_OSERR, ChildStartError, LeaseLost
+from beatcop.containment import Containment, ContainmentMode, detectContainment
+from beatcop.errors import EX_OSERR, ChildStartError, ConfigError, LeaseLost
 
 from .redisserver import temporaryDirectory
 
@@ -149,6 +150,10 @@ class ChildTestCase(TestCase):
             f.write(source)
         return [sys.executable, "-S", path]
 
+    # The containment of the children this test case makes (None: the
+    # default, the subreaper alone).
+    containment = None
+
     def makeChild(self, argv, environment=None, stopSignal=signal.SIGTERM, killGrace=WAIT, killBy=None, shell=False):
         """
         A L{ChildProcess}, SIGKILLed and waited for at cleanup if still
@@ -163,6 +168,7 @@ class ChildTestCase(TestCase):
             killGrace,
             time.monotonic() + 120 if killBy is None else killBy,
             shell=shell,
+            containment=self.containment,
         )
         self.addCleanup(self.reap, child)
         return child
@@ -254,12 +260,14 @@ class StartAndExitTests(ChildTestCase):
     @defer.inlineCallbacks
     def test_ownProcessGroup(self):
         """
-        The command runs in a new session and process group, led by the
-        guard (C{child.pid}), not in ours.
+        The command runs in the guard's new session (C{child.pid}), not in
+        ours, in a process group of its own, which the guard is not in (so
+        that signalling the command's group never reaches the guard).
         """
         child = yield self.startSleeper()
-        self.assertEqual(os.getpgid(child.commandPid), child.pid)
+        self.assertEqual(os.getpgid(child.commandPid), child.commandPid)
         self.assertEqual(os.getsid(child.commandPid), child.pid)
+        self.assertEqual(os.getpgid(child.pid), child.pid)
         self.assertNotEqual(os.getpgid(child.commandPid), os.getpgrp())
         self.assertTrue(child.running)
 
@@ -402,7 +410,7 @@ class StopTests(ChildTestCase):
         grandchild = readPid(ready)
         grandchildStarted = startTime(grandchild)
         self.assertNotEqual(grandchild, child.commandPid)
-        self.assertEqual(os.getpgid(grandchild), child.pid)
+        self.assertEqual(os.getpgid(grandchild), child.commandPid)
 
         child.stop()
         yield self.waitForFile(marker)
@@ -428,7 +436,7 @@ class StopTests(ChildTestCase):
         yield self.waitForFile(ready)
         grandchild = readPid(ready)
         grandchildStarted = startTime(grandchild)
-        self.assertEqual(os.getpgid(grandchild), child.pid)
+        self.assertEqual(os.getpgid(grandchild), child.commandPid)
 
         sent = time.monotonic()
         child.stop()
@@ -635,3 +643,189 @@ class ArmedGuardTests(ChildTestCase):
         ended = yield bounded(child.ended)
         self.assertIn(ended.code, (128 + signal.SIGTERM, 128 + signal.SIGKILL))
         self.assertFalse(os.path.exists(f"/proc/{pid}"))
+
+
+# A command that daemonizes the way daemon(3) does (fork, setsid, fork; the
+# middle process exits): the daemon is in no group or session of the
+# command's, and nobody's child but init's (or the guard's, as subreaper).
+# It writes its pid to argv[1]; with argv[2] == "ignore" the command itself
+# ignores SIGTERM; then the command sleeps.
+DAEMONIZER = """
+import os, signal, sys, time
+ready, mode = sys.argv[1], sys.argv[2]
+if mode == "ignore":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        with open(ready + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(ready + ".tmp", ready)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(1)
+    os._exit(0)
+if mode == "exit":
+    os.wait()
+    sys.exit(3)
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    time.sleep(1)
+"""
+
+
+class _ContainmentTests:
+    """
+    Whatever ends a run, the daemon a command started dies with it, under
+    each containment mode (the subclasses).  (The node-level matrix is
+    L{tests.test_containment}.)
+    """
+
+    @defer.inlineCallbacks
+    def startDaemonizer(self, mode="default", **kwargs):
+        """
+        Start the daemonizing command; wait for its daemon.
+
+        @return: a Deferred firing with C{(child, daemon pid, its start time)}.
+        """
+        ready = self.path("daemon")
+        child = self.makeChild(self.script("daemonizer.py", DAEMONIZER) + [ready, mode], **kwargs)
+        yield bounded(child.start())
+        yield self.waitForFile(ready)
+        daemon = readPid(ready)
+        started = startTime(daemon)
+        if mode != "exit":  # (that one may be gone with its command already)
+            # in a session of its own, not the command's (the guard's)
+            self.assertNotEqual(os.getsid(daemon), child.pid)
+        return child, daemon, started
+
+    def assertGone(self, pid, started):
+        self.assertTrue(isGone(pid, started), f"process {pid} is still alive")
+
+    @defer.inlineCallbacks
+    def test_daemonDiesWithAStoppedCommand(self):
+        """
+        A clean stop of a command that ignores the stop signal: at the end of
+        the grace period everything dies, the daemon in its own session too,
+        before C{ended} fires (the lock is released after it).
+        """
+        child, daemon, started = yield self.startDaemonizer("ignore", killGrace=0.2)
+        ended = yield bounded(child.stop())
+        self.assertEqual(ended.signal, signal.SIGKILL)
+        self.assertGone(daemon, started)
+        self.assertGreaterEqual(child.leftovers, 1)
+
+    @defer.inlineCallbacks
+    def test_daemonDiesWhenTheCommandExitsOnItsOwn(self):
+        child, daemon, started = yield self.startDaemonizer("exit")
+        ended = yield bounded(child.ended)
+        self.assertEqual(ended.code, 3)
+        self.assertGone(daemon, started)
+
+    @defer.inlineCallbacks
+    def test_daemonDiesWhenBeatCopGoes(self):
+        """
+        The control pipe's end (BeatCop killed): the guard kills everything,
+        daemon included, and only then exits.
+        """
+        child, daemon, started = yield self.startDaemonizer("ignore")
+        child.transport.closeChildFD(3)
+        yield bounded(child.ended)
+        self.assertGone(daemon, started)
+
+    @defer.inlineCallbacks
+    def test_daemonDiesAtTheGuardsDeadline(self):
+        """
+        BeatCop frozen (nobody extends the deadline): the guard's own
+        deadline kills everything.
+        """
+        child, daemon, started = yield self.startDaemonizer("ignore", killGrace=0.2)
+        child.extendDeadline(time.monotonic() + 0.5)
+        ended = yield bounded(child.ended)
+        self.assertEqual(ended.signal, signal.SIGKILL)
+        self.assertFalse(child.stopping)
+        self.assertGone(daemon, started)
+
+    @defer.inlineCallbacks
+    def test_guardKilledThenBeatCopKillsTheRun(self):
+        """
+        The guard itself SIGKILLed: the command dies of its parent-death
+        signal, and BeatCop kills what is left (the run's cgroup, or what
+        carries this node's holder id), before C{ended} fires.
+        """
+        environment = dict(os.environ, BEATCOP_HOLDER_ID=f"test:{os.getpid()}:{self.id()}")
+        child, daemon, started = yield self.startDaemonizer("ignore", environment=environment)
+        os.kill(child.pid, signal.SIGKILL)
+        ended = yield bounded(child.ended)
+        self.assertEqual(ended.signal, signal.SIGKILL)
+        self.assertGone(daemon, started)
+
+    @defer.inlineCallbacks
+    def test_killBeforeTheCommandStartsStartsNothing(self):
+        """
+        A guard started ahead, told to go and at once to stop at once (the
+        lease lost meanwhile): it starts nothing, and C{started} fails
+        quietly (cancelled), not as a command that cannot be run.
+        """
+        out = self.path("ran")
+        child = self.makeChild(self.script("ran.py", f"open({out!r}, 'w').write('ran')\n"))
+        child.arm()
+        yield waitUntil(lambda: child.pid is not None, "the guard to be spawned")
+        started = child.start()
+        child.stop(grace=0)
+        yield self.assertFailure(bounded(started), defer.CancelledError)
+        yield bounded(child.ended)
+        self.assertFalse(os.path.exists(out))
+
+    @defer.inlineCallbacks
+    def test_signalGroupReachesTheCommandsGroup(self):
+        """
+        SIGHUP (reload) forwarded to the command's group, through the guard.
+        """
+        ready, marker = self.path("ready"), self.path("marker")
+        child = self.makeChild(self.script("sleeper.py", SLEEPER) + [ready, "mark:" + marker])
+        yield bounded(child.start())
+        yield self.waitForFile(ready)
+        child.signalGroup(signal.SIGTERM)
+        yield self.waitForFile(marker)
+        with open(marker) as f:
+            self.assertEqual(int(f.read()), signal.SIGTERM)
+
+
+class SubreaperContainmentTests(_ContainmentTests, ChildTestCase):
+    containment = Containment(ContainmentMode.SUBREAPER)
+
+
+def _cgroupContainment(method):
+    try:
+        containment = detectContainment("cgroup")
+    except ConfigError as e:
+        return None, str(e)
+    containment.method = method
+    return containment, None
+
+
+class CgroupContainmentTests(_ContainmentTests, ChildTestCase):
+    containment, _why = _cgroupContainment("kill")
+    if containment is None:
+        skip = f"no cgroup v2 here: {_why}"
+
+    @defer.inlineCallbacks
+    def test_theRunsCgroupIsRemoved(self):
+        child, daemon, started = yield self.startDaemonizer("ignore", killGrace=0.1)
+        self.assertTrue(os.path.isdir(child.cgroup))
+        with open(os.path.join(child.cgroup, "cgroup.procs")) as f:
+            self.assertIn(str(daemon), f.read().split())
+        yield bounded(child.stop())
+        self.assertFalse(os.path.exists(child.cgroup))
+
+
+class CgroupFreezeContainmentTests(_ContainmentTests, ChildTestCase):
+    """
+    The same on a kernel without cgroup.kill (before 5.14): freeze the
+    cgroup, SIGKILL every process in it.
+    """
+
+    containment, _why = _cgroupContainment("freeze")
+    if containment is None:
+        skip = f"no cgroup v2 here: {_why}"

@@ -66,7 +66,7 @@ def test_beatcop_1_0_startup_nodes_run_unchanged(cluster):
             )
         node = Node("cluster", directory, twistdArgv("-c", path)).start()
         try:
-            waitUntil(lambda: readHistory(history), 15, what=f"the command to start\n{node.log()}")
+            waitUntil(lambda: readHistory(history), 15, what=lambda: f"the command to start\n{node.log()}")
             start = readHistory(history)[0]
             served = cluster[2].client()
             assert served.get(lockName) == start["holder"]

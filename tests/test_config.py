@@ -16,6 +16,7 @@ from types import MappingProxyType
 from twisted.trial.unittest import SynchronousTestCase
 
 from beatcop.config import (
+    KEYS,
     Config,
     OnExit,
     RedisConfig,
@@ -259,8 +260,15 @@ class BeatCop1FileTests(ConfigTestMixin, SynchronousTestCase):
         self.assertEqual(config.lockName, "beatcop:celery -A proj beat")
 
     def test_emptyLockNameDefaultsToCommand(self):
+        """
+        BeatCop 1.0 documented an empty C{lockname} as "named after the
+        command": such a file keeps working, with a warning, since nodes
+        whose command lines differ in the least would use different locks.
+        """
         config = self.load(MINIMAL + "lockname =\n")
         self.assertEqual(config.lockName, "beatcop:celery -A proj beat")
+        (warning,) = config.warnings
+        self.assertIn("[beatcop] lockname: empty: the lock is named after the command", warning)
 
     def test_minimalDefaults(self):
         config = self.load(MINIMAL)
@@ -1024,6 +1032,38 @@ class ErrorTests(ConfigTestMixin, SynchronousTestCase):
                 self.assertIn("[redis] url", str(error))
                 self.assertNotIn(PASSWORD, str(error))
                 self.assertNotIn("\n", str(error))
+
+
+class EmptyValueTests(ConfigTestMixin, SynchronousTestCase):
+    """
+    A key given with no value is a mistake, not "the default": an empty
+    C{timeout} must not become 5000 ms behind the operator's back.
+    """
+
+    def test_emptyTimeoutIsAnError(self):
+        self.assertConfigError(
+            MINIMAL + "timeout =\n",
+            "{path}: [beatcop] timeout: empty: give a value, or remove the key for its default",
+        )
+
+    def test_everyKeyGivenEmptyIsAnError(self):
+        for section, key, _ in KEYS:
+            if key in ("command", "lockname"):
+                continue  # their own messages; lockname's is 1.0's default
+            with self.subTest(key=key):
+                text = MINIMAL.replace("host = localhost\n", "" if key == "host" else "host = localhost\n")
+                text = text.replace(f"[{section}]\n", f"[{section}]\n{key} =\n")
+                self.assertConfigError(
+                    text, f"{{path}}: [{section}] {key}: empty: give a value, or remove the key for its default"
+                )
+
+    def test_emptyOverrideIsAnError(self):
+        self.assertConfigError(
+            MINIMAL,
+            "{path}: [beatcop] timeout (from the command line): empty: give a value, or remove the key for its"
+            " default",
+            overrides={("beatcop", "timeout"): ""},
+        )
 
 
 class OverrideTests(ConfigTestMixin, SynchronousTestCase):

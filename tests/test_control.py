@@ -13,6 +13,8 @@ import tempfile
 
 import pytest
 
+from beatcop import __version__
+
 from .history import _alive
 from .nodes import Cluster, nodeEnvironment, waitUntil, writeConfig
 from .redisserver import freePort
@@ -61,9 +63,13 @@ def test_status_shows_the_holder_and_every_standby(cluster):
     assert holder["command_pid"] == start["pid"] and holder["token"] == 1 and holder["since"]
     assert {node["pid"] for node in standbys} == {n.pid for n in cluster.nodes} - {holder["pid"]}
     assert all(node["role"] == "standby" and node["state"] == "standby" for node in standbys)
+    # every node says how it contains its command (here: what the host allows)
+    modes = {node["containment"] for node in data["nodes"]}
+    assert len(modes) == 1 and modes <= {"cgroup", "subreaper"}, modes
     text = beatcop("status", "-c", cluster.configPath)
     assert text.returncode == 0
     assert "fencing token 1" in text.stdout and "1 holder, 2 standing by" in text.stdout
+    assert "CONTAINMENT" in text.stdout and modes.pop() in text.stdout
 
 
 def test_dead_nodes_disappear_and_clean_stops_leave_at_once(cluster):
@@ -142,7 +148,10 @@ def test_errors_are_one_line_with_their_exit_codes(tmp_path):
     down = beatcop("status", "-c", path)
     assert down.returncode == 68 and "beatcop: error:" in down.stderr and down.stderr.count("\n") == 1
     usage = beatcop("frobnicate")
-    assert usage.returncode == 2 or usage.returncode == 64
+    assert usage.returncode == 64, usage  # EX_USAGE, as the help says
+    assert beatcop("status").returncode == 64  # no -c
+    version = beatcop("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"beatcop {__version__}"
 
 
 def test_demo_runs_and_cleans_up():

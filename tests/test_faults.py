@@ -35,7 +35,7 @@ import time
 
 import pytest
 
-from .faultcluster import FaultCluster
+from .faultcluster import FaultCluster, guardsOf
 from .history import _alive
 from .nodes import waitUntil
 
@@ -141,7 +141,7 @@ def _freezeHolder(cluster, holder, first):
     cluster.freeze(holder)
     try:
         # The command itself; its whole tree is the verdict's business.
-        waitUntil(lambda: not _alive(first["pid"]), TTL + 3, what=f"the command to die\n{cluster.logs()}")
+        waitUntil(lambda: not _alive(first["pid"]), TTL + 3, what=lambda: f"the command to die\n{cluster.logs()}")
         deadAt = time.monotonic()
         # The last confirmed refresh was sent less than an interval before
         # the freeze; the guard's deadline is a TTL after it.
@@ -378,25 +378,6 @@ def test_child_forking_grandchildren(makeCluster):
     cluster.assertOk()
 
 
-def _guardOf(node):
-    """
-    The pid of C{node}'s lease guard, if it has one now.
-    """
-    parent = f"{node.pid}".encode()
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if any(a.endswith(b"guard.py") for a in argv) and b"--parent" in argv:
-            if argv[argv.index(b"--parent") + 1] == parent:
-                return int(name)
-    return None
-
-
 def test_slow_guard_start_while_the_lease_is_refreshed(makeCluster):
     """
     The lease guard takes longer to start than the lease's first stop point
@@ -412,7 +393,7 @@ def test_slow_guard_start_while_the_lease_is_refreshed(makeCluster):
         cluster.waitReady(standby)
         stoppedAt = time.monotonic()
         cluster.kill(holder, signal.SIGTERM)
-        guard = waitUntil(lambda: _guardOf(standby), TTL + 3, interval=0.0005, what=f"{standby.name}'s guard")
+        guard = waitUntil(lambda: next((pid for pid, _ in guardsOf(standby)), None), TTL + 3, interval=0.0005, what=f"{standby.name}'s guard")
         os.kill(guard, signal.SIGSTOP)
         cluster.fault(f"SIGSTOP the lease guard {guard} of {standby.name}")
         # Not an availability question while the holder's guard is frozen.
@@ -435,7 +416,7 @@ def test_slow_guard_start_while_the_lease_is_refreshed(makeCluster):
     waitUntil(
         lambda: startsBy(cluster, standby, after=stoppedAt) or cluster.exitsOf(standby, since=stoppedAt),
         5,
-        what=f"{standby.name} to start the command or exit\n{standby.log()}",
+        what=lambda: f"{standby.name} to start the command or exit\n{standby.log()}",
     )
     assert not cluster.exitsOf(standby, since=stoppedAt), f"exit {cluster.exitsOf(standby)}\n{standby.log()}"
     started = startsBy(cluster, standby, after=stoppedAt)[0]

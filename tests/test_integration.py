@@ -17,6 +17,8 @@ import time
 
 import pytest
 
+from beatcop.config import KEYS
+
 from .history import _alive
 from .nodes import (
     Cluster,
@@ -68,7 +70,7 @@ def runEnd(cluster, pid):
 
 
 def waitGone(cluster, pid, timeout):
-    waitUntil(lambda: not _alive(pid), timeout, what=f"command pid {pid} to die\n{cluster.logs()}")
+    waitUntil(lambda: not _alive(pid), timeout, what=lambda: f"command pid {pid} to die\n{cluster.logs()}")
     cluster.sampler.sampleOnce()
     return time.monotonic()
 
@@ -274,7 +276,7 @@ def test_redis_restarted_empty_is_survived(makeCluster, redisServer):
     _, first = cluster.holder()
     redisServer.restart()
     client = redisServer.client()
-    waitUntil(lambda: client.get("beatcop-test") == first["holder"], 5, what=f"the lock reclaimed\n{node.log()}")
+    waitUntil(lambda: client.get("beatcop-test") == first["holder"], 5, what=lambda: f"the lock reclaimed\n{node.log()}")
     watch(cluster, TTL)
     assert node.running, node.log()
     assert cluster.alive() == [first["pid"]]
@@ -296,7 +298,7 @@ def test_redis_restarted_empty_with_standbys_keeps_one_command(makeCluster, redi
     watch(cluster, TTL)  # every standby has seen the token
     redisServer.restart()
     client = redisServer.client()
-    waitUntil(lambda: client.get("beatcop-test") == first["holder"], 5, what=f"the lock reclaimed\n{cluster.logs()}")
+    waitUntil(lambda: client.get("beatcop-test") == first["holder"], 5, what=lambda: f"the lock reclaimed\n{cluster.logs()}")
     watch(cluster, 2 * TTL)
     assert cluster.alive() == [first["pid"]], cluster.logs()
     assert len(cluster.events("start")) == 1, cluster.logs()
@@ -390,7 +392,7 @@ def test_shell_grandchildren_die_with_the_command(workdir, redisServer):
     try:
         from .history import readHistory
 
-        waitUntil(lambda: readHistory(history), 10, what=f"the command to start\n{node.log()}")
+        waitUntil(lambda: readHistory(history), 10, what=lambda: f"the command to start\n{node.log()}")
         start = readHistory(history)[0]
         pids = [start["pid"], *start["grandchildren"]]
         assert all(_alive(pid) for pid in pids)
@@ -435,7 +437,7 @@ def test_sighup_is_forwarded_to_the_command(makeCluster):
     (node,) = cluster.startNodes(1)
     cluster.holder()
     node.send(signal.SIGHUP)
-    waitUntil(lambda: cluster.events("hup"), 5, what=f"the command to get SIGHUP\n{node.log()}")
+    waitUntil(lambda: cluster.events("hup"), 5, what=lambda: f"the command to get SIGHUP\n{node.log()}")
     assert node.running
 
 
@@ -539,6 +541,26 @@ def test_unreachable_redis_is_one_line_exit_68(workdir):
     assert "Traceback" not in result.stdout + result.stderr
 
 
+def test_a_redis_that_wants_a_password_and_gets_none_is_one_line_exit_77(workdir):
+    """
+    No password configured for a Redis with requirepass: an authentication
+    failure (77) naming the Redis and what to set, not "Redis unusable" (76).
+    """
+    from .redisserver import startRedisServer
+
+    server = startRedisServer(password="s3cret-pw")
+    try:
+        url = f"redis://127.0.0.1:{server.port}/0"  # no password
+        path = writeConfig(os.path.join(workdir, "nopw.ini"), {"url": url}, {"command": "true"})
+        result = runTwistd("-c", path)
+    finally:
+        server.stop()
+    assert result.returncode == 77, result
+    (line,) = [line for line in result.stdout.splitlines() if "Cannot use Redis" in line]
+    assert f"redis://127.0.0.1:{server.port}/0" in line and "NOAUTH" in line and "password" in line, line
+    assert "Traceback" not in result.stdout + result.stderr
+
+
 @pytest.mark.parametrize("overUnixSocket", [False, True], ids=["tcp", "unix-socket"])
 def test_beatcop_1_0_ini_runs_unchanged(workdir, redisServer, overUnixSocket):
     """
@@ -563,7 +585,7 @@ def test_beatcop_1_0_ini_runs_unchanged(workdir, redisServer, overUnixSocket):
     try:
         from .history import readHistory
 
-        waitUntil(lambda: readHistory(history), 10, what=f"the command to start\n{node.log()}")
+        waitUntil(lambda: readHistory(history), 10, what=lambda: f"the command to start\n{node.log()}")
         assert redisServer.client(db=2).get("beatcop-celerybeat") == readHistory(history)[0]["holder"]
         node.send(signal.SIGTERM)
         assert node.wait(5) == 0, node.log()
@@ -585,7 +607,7 @@ def test_command_line_flags_override_the_file(workdir, redisServer):
     try:
         from .history import readHistory
 
-        waitUntil(lambda: readHistory(history), 10, what=f"the command to start\n{node.log()}")
+        waitUntil(lambda: readHistory(history), 10, what=lambda: f"the command to start\n{node.log()}")
         assert readHistory(history)[0]["lock"] == "flagged"
     finally:
         node.cleanup()
@@ -596,11 +618,14 @@ def test_twistd_lists_and_documents_the_plugin():
         twistdArgv()[:3] + ["--help"], env=nodeEnvironment(), capture_output=True, text=True, timeout=30
     )
     assert "beatcop" in listing.stdout, listing.stdout
-    documented = runTwistd("--help")
+    documented = " ".join(runTwistd("--help").stdout.split())
     for option in ("--config", "--url", "--lockname", "--command", "--timeout", "--refresh-interval",
                    "--reply-timeout", "--connect-timeout", "--kill-grace", "--safety-margin", "--stop-signal",
                    "--on-exit", "--restart-delay", "--shell", "78 bad configuration"):
-        assert option in documented.stdout, option
+        assert option in documented, option
+    # every key of the file has its flag, made from the one list of keys
+    for section, key, _ in KEYS:
+        assert "--" + key.replace("_", "-") in documented, key
 
 
 def test_embedding_example_tac_runs_the_node(workdir, redisServer):
@@ -620,7 +645,7 @@ def test_embedding_example_tac_runs_the_node(workdir, redisServer):
     argv = twistdArgv()[:3] + ["-ny", os.path.join(REPOSITORY, "examples", "beatcop.tac"), "--pidfile="]
     node = Node("tac", workdir, argv, nodeEnvironment("tac", BEATCOP_CONFIG=path)).start()
     try:
-        waitUntil(lambda: readHistory(history), 10, what=f"the command to start\n{node.log()}")
+        waitUntil(lambda: readHistory(history), 10, what=lambda: f"the command to start\n{node.log()}")
         start = readHistory(history)[0]
         assert redisServer.client().get("embedded") == start["holder"]
         node.send(signal.SIGTERM)

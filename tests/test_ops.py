@@ -102,7 +102,7 @@ def test_child_exit_codes_are_counted(workdir, redisServer):
         waitUntil(
             lambda: samples(get(url)[1]).get(("beatcop_child_exits_total", (("code", "3"),)), 0) >= 2,
             10,
-            what=f"exits counted\n{node.log()}",
+            what=lambda: f"exits counted\n{node.log()}",
         )
     finally:
         node.cleanup()
@@ -163,7 +163,7 @@ def test_json_logs_and_labelled_command_output(workdir, redisServer):
             lines = [line for line in node.log().splitlines() if line.startswith("{")]
             return [json.loads(line) for line in lines]
 
-        waitUntil(lambda: any(r.get("line") == "to-stderr" for r in records()), 10, what=f"output\n{node.log()}")
+        waitUntil(lambda: any(r.get("line") == "to-stderr" for r in records()), 10, what=lambda: f"output\n{node.log()}")
         node.send(signal.SIGTERM)
         assert node.wait(5) == 0
         out = next(r for r in records() if r.get("line") == "to-stdout")

@@ -25,6 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from beatcop.child import ChildExit
 from beatcop.config import Config, OnExit, RedisConfig
+from beatcop.containment import Containment, ContainmentMode
 from beatcop.errors import (
     EX_NOHOST,
     EX_OK,
@@ -285,8 +286,11 @@ class ServiceTestCase(SynchronousTestCase):
         self.children = []
         self.config = makeConfig(**changes)
 
-        def childFactory(reactor, argv, environment, stopSignal, killGrace, killBy, monotonic, shell):
+        self.containment = Containment(ContainmentMode.SUBREAPER)
+
+        def childFactory(reactor, argv, environment, stopSignal, killGrace, killBy, monotonic, shell, containment):
             self.assertIs(reactor, self.clock)
+            self.assertIs(containment, self.containment)
             child = FakeChild(self.clock, argv, environment, stopSignal, killGrace, killBy, monotonic, shell)
             self.children.append(child)
             return child
@@ -300,6 +304,7 @@ class ServiceTestCase(SynchronousTestCase):
             randomSource=ZeroJitter(),
             childFactory=childFactory,
             listenerFactory=self.makeListener,
+            containment=self.containment,
         )
         self.listeners = []
         self.exitCodes = []

@@ -135,6 +135,21 @@ class TopologyConfigTests(SynchronousTestCase):
         self.assertEqual(redis.password, SECRET)
         self.assertEqual(redis.secretEnvironment, ())
 
+    def test_passwordFileOpenToOthersIsWarnedAbout(self):
+        """
+        As ssh does with a private key: a password file that others can read
+        is accepted, with a warning that says what to do.
+        """
+        path = self.write("secret", SECRET + "\n")
+        os.chmod(path, 0o644)
+        config = self.load(host="h", password_file="secret")
+        self.assertEqual(config.redis.password, SECRET)
+        (warning,) = [w for w in config.warnings if "password_file" in w]
+        self.assertIn("is open to users other than its owner (mode 0644): chmod 600 it", warning)
+        self.assertNotIn(SECRET, warning)
+        os.chmod(path, 0o600)
+        self.assertEqual([w for w in self.load(host="h", password_file="secret").warnings if "password_file" in w], [])
+
     def test_passwordFromFileMistakes(self):
         self.fails("[redis] password_file: cannot read", host="h", password_file="missing")
         self.write("empty", "\n")

@@ -311,7 +311,7 @@ class Sentinel(_Process):
 
     def start(self):
         super().start()
-        waitUntil(self.ping, 10, interval=0.02, what=f"sentinel on {self.port} to answer\n{self.log()}")
+        waitUntil(self.ping, 10, interval=0.02, what=lambda: f"sentinel on {self.port} to answer\n{self.log()}")
         return self
 
     def ping(self):
