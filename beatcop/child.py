@@ -20,10 +20,12 @@ import time
 
 from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from . import guard as _guardModule
 from .containment import Containment, ContainmentMode
 from .errors import ChildStartError, LeaseLost
+from .interfaces import IRun
 
 GUARD_PATH = os.path.abspath(_guardModule.__file__.replace(".pyc", ".py"))
 
@@ -64,6 +66,7 @@ class ChildExit:
         return f"exited with code {self.code}"
 
 
+@implementer(IRun)
 class ChildProcess(protocol.ProcessProtocol):
     """
     One run of the command.
@@ -330,8 +333,12 @@ class ChildProcess(protocol.ProcessProtocol):
     def kill(self):
         """
         Kill the command and everything it started, at once: the guard is
-        asked to, and BeatCop kills the run's cgroup (or the command's
-        group) itself, in case the guard cannot act (frozen).
+        asked to, and BeatCop kills the run itself too, so that the kill
+        does not wait for the guard to be scheduled (a loaded host) or to
+        thaw (frozen): the run's cgroup, or, without one, the command's
+        group and every process that carries this node's holder id (a
+        daemon that left the group would otherwise live until the guard's
+        turn came).
         """
         if self._exit is not None or self.pid is None:
             return
@@ -342,13 +349,10 @@ class ChildProcess(protocol.ProcessProtocol):
         )
         self.stopping = True
         self._tell("kill")
-        if self.cgroup is not None:
-            self._killed.update(_guardModule.killCgroup(self.cgroup, self.containment.method))
-        elif self.commandPid is not None:
-            try:
-                os.killpg(self.commandPid, signal.SIGKILL)
-            except OSError:
-                pass
+        if self._went or not self._wasArmed:
+            self._killed.update(
+                self.containment.killRun(self.cgroup, self.commandPid, self.environment.get("BEATCOP_HOLDER_ID"))
+            )
 
     @property
     def running(self):

@@ -19,7 +19,6 @@ still runs; resume: no node started it); 64 usage; 68 Redis unreachable;
 import argparse
 import datetime
 import json
-import os
 import sys
 
 from twisted.internet import defer, task
@@ -79,17 +78,6 @@ def _parser():
 def _loadConfig(options):
     overrides = urlOverrides(options.url) if options.url else {}
     return loadConfig(options.config, overrides, checkProgram=False)
-
-
-def _client(reactor, config):
-    from .redisconn import RedisClient
-
-    unixSocket = None
-    if config.redis.embedded:
-        from .embedded import defaultEmbeddedDirectory
-
-        unixSocket = os.path.join(defaultEmbeddedDirectory(), "redis.sock")
-    return RedisClient(reactor, config.redis, unixSocket=unixSocket)
 
 
 def _age(seconds):
@@ -171,7 +159,9 @@ def _run(reactor, options):
     from . import control
 
     config = _loadConfig(options)
-    client = _client(reactor, config)
+    from .startup import prepareClient
+
+    client = prepareClient(reactor, config, startEmbedded=False)
     timeout = options.timeout if getattr(options, "timeout", None) is not None else 2 * config.ttl / 1000 + 5
     try:
         status = yield control.readStatus(client, config)

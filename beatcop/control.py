@@ -19,22 +19,8 @@ from dataclasses import asdict, dataclass, field
 
 from twisted.internet import defer, task
 
-from .lock import LOST_DATA, fencingKeyFor, handoverKeyFor, pauseKeyFor, registryKeyFor, releaseChannelFor
+from .protocol import LOST_DATA, STATUS, LockKeys, Windows, decodeEntry
 from .redisconn import RedisCommandError
-
-# One round trip, one consistent picture.
-_STATUS = """
--- KEYS[1] lock, KEYS[2] fencing counter, KEYS[3] registry, KEYS[4] pause
-local t = redis.call('TIME')
-return {
-  redis.call('GET', KEYS[1]) or false,
-  redis.call('PTTL', KEYS[1]),
-  redis.call('GET', KEYS[2]) or false,
-  redis.call('GET', KEYS[4]) or false,
-  redis.call('HGETALL', KEYS[3]),
-  t[1] * 1000 + math.floor(t[2] / 1000),
-}
-"""
 
 
 @dataclass
@@ -79,16 +65,16 @@ def _text(value):
     return value
 
 
-def _keys(lockName):
-    return [lockName, fencingKeyFor(lockName), registryKeyFor(lockName), pauseKeyFor(lockName)]
-
-
 def staleAfter(config):
     """
     How long a node's registry entry may go unrefreshed before the node is
-    taken for dead (ms): two of a standby's longest waits, plus a second.
+    taken for dead (ms): see L{beatcop.protocol.Windows}.
     """
-    return 2 * max(config.ttl, config.standbyMaxWait or config.ttl) + 1000
+    return _windows(config).stale
+
+
+def _windows(config):
+    return Windows.of(config.ttl, config.standbyMaxWait)
 
 
 @defer.inlineCallbacks
@@ -96,7 +82,9 @@ def readStatus(client, config):
     """
     @return: a Deferred firing with a L{Status}.
     """
-    reply = yield client.execute("EVAL", _STATUS, 4, *_keys(config.lockName))
+    keys = LockKeys.of(config.lockName)
+    # By EVAL: the tools' ACL user needs no EVALSHA, and proxies have none.
+    reply = yield STATUS(client, (keys.lock, keys.fence, keys.registry, keys.paused), (), useEvalSha=False)
     holder, pttl, fence, paused, registry, now = reply
     holder = _text(holder) or None
     status = Status(lock=config.lockName, redis=client.address)
@@ -110,23 +98,21 @@ def readStatus(client, config):
             status.paused = json.loads(_text(paused))
         except ValueError:
             status.paused = {"by": _text(paused)}
-    stale = staleAfter(config)
-    silentAfter = max(config.ttl, config.standbyMaxWait or config.ttl) + 500
+    windows = _windows(config)
     registry = [_text(item) for item in registry or []]
-    for nodeId, entry in zip(registry[::2], registry[1::2]):
-        seen, _, state = str(entry).partition(" ")
-        try:
-            info = json.loads(state)
-            ago = int(now) - int(seen)
-        except ValueError:
+    for nodeId, value in zip(registry[::2], registry[1::2]):
+        entry = decodeEntry(value)
+        if entry is None:
             continue
-        if ago > stale:
+        ago = int(now) - entry.seen
+        if ago > windows.stale:
             continue
+        info = entry.info
         node = NodeInfo(id=nodeId, seen_ms_ago=ago, **{k: info.get(k) for k in (
             "host", "pid", "state", "token", "since", "command_pid", "containment", "version")})
         if nodeId == holder:
             node.role = "holder"
-        elif ago > silentAfter:
+        elif ago > windows.silent:
             # Not seen for longer than its longest wait: dead or cut off,
             # until it is dropped as stale.
             node.role = "silent"
@@ -152,8 +138,7 @@ def requestHandover(client, config, holder):
     Ask C{holder} (and only it) to stop its command and release the lock
     at its next refresh.
     """
-    ttl = config.ttl
-    yield client.execute("SET", handoverKeyFor(config.lockName), holder, "PX", 2 * ttl + 5000)
+    yield client.execute("SET", LockKeys.of(config.lockName).handover, holder, "PX", _windows(config).handover)
 
 
 @defer.inlineCallbacks
@@ -163,7 +148,7 @@ def pause(client, config, reason=None):
     holder stops its command at its next refresh.  Stays until resumed.
     """
     value = json.dumps({"by": _who(), "at": time.time(), "reason": reason})
-    yield client.execute("SET", pauseKeyFor(config.lockName), value)
+    yield client.execute("SET", LockKeys.of(config.lockName).paused, value)
 
 
 @defer.inlineCallbacks
@@ -174,9 +159,10 @@ def resume(client, config):
 
     @return: a Deferred firing with whether a pause was lifted.
     """
-    removed = yield client.execute("DEL", pauseKeyFor(config.lockName))
+    keys = LockKeys.of(config.lockName)
+    removed = yield client.execute("DEL", keys.paused)
     try:
-        yield client.execute("PUBLISH", releaseChannelFor(config.lockName), "resume")
+        yield client.execute("PUBLISH", keys.released, "resume")
     except RedisCommandError:
         pass  # proxies without pub/sub: the standbys' polling finds it
     return bool(removed)

@@ -87,6 +87,13 @@ class ChildStartError(BeatCopError):
     exitCode = EX_OSERR
 
 
+class NodeFinished(BeatCopError):
+    """
+    A node finished before what was waited for happened (see
+    L{beatcop.service.BeatCopService.whenState}).
+    """
+
+
 def exitCodeFor(failure):
     """
     The exit code for an exception or Failure: its own for a L{BeatCopError},
@@ -98,5 +105,5 @@ def exitCodeFor(failure):
 
 __all__ = [name for name in dir() if name.startswith(("EX_", "exitCodeFor"))] + [
     "BeatCopError", "ConfigError", "RedisUnreachable", "RedisProtocolError",
-    "LeaseLost", "ChildStartError",
+    "LeaseLost", "ChildStartError", "NodeFinished",
 ]

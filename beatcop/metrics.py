@@ -18,14 +18,14 @@ from prometheus_client.twisted import MetricsResource
 from twisted.application import strports
 from twisted.web import resource, server
 
-from .service import NodeState
+from .service import NodeObserver, NodeState
 
 _HEALTHY = {NodeState.STANDBY, NodeState.STARTING, NodeState.RUNNING, NodeState.RESTARTING}
 
 
-class NodeMetrics:
+class NodeMetrics(NodeObserver):
     """
-    A node observer (see L{beatcop.service.NodeObserver}) that keeps the
+    A node observer (see L{beatcop.observers.NodeObserver}) that keeps the
     node's Prometheus metrics.
     """
 
@@ -96,7 +96,7 @@ def health(node):
     """
     if node.state not in _HEALTHY:
         return False, f"node is {node.state.value}"
-    if node._redisFailing:
+    if not node.redisAvailable:
         return False, "Redis is failing"
     if node.state is not NodeState.STANDBY and not node.holdsLease:
         return False, "the lease can no longer be proven"

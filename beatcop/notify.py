@@ -20,15 +20,16 @@ ignored, so a quick stop-start never acts on a connection it gave up.
 
 import enum
 
-import txredisapi
 from twisted.internet import defer
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from .errors import BeatCopError
-from .redisconn import RedisClient
+from .interfaces import IReleaseListener
+from .redisconn.resp import ConnectionBroken, ErrorReply, SubscriberProtocol
 
 
-class _Subscriber(txredisapi.SubscriberProtocol):
+class _Subscriber(SubscriberProtocol):
     onMessage = None
 
     def messageReceived(self, pattern, channel, message):
@@ -44,6 +45,7 @@ class ListenerState(enum.Enum):
     STOPPED = "stopped"
 
 
+@implementer(IReleaseListener)
 class ReleaseListener:
     """
     Calls C{onRelease(holderId)} for every release announced on C{channel};
@@ -53,22 +55,22 @@ class ReleaseListener:
 
     log = Logger()
 
-    def __init__(self, reactor, redisConfig, channel, onRelease, unixSocket=None, client=None,
-                 retryDelay=0.5, maxRetryDelay=None):
+    def __init__(self, reactor, client, channel, onRelease, retryDelay=0.5, maxRetryDelay=None):
         """
+        @param client: the node's L{beatcop.redisconn.RedisClient}; the
+            listener makes its own, subscribed, connection like it
+            (L{RedisClient.sibling}).
         @param maxRetryDelay: the longest wait between reconnection attempts
             (default: the reply timeout's ten-fold, at most 5 s).
         """
         self._reactor = reactor
-        self._config = redisConfig
         self.channel = channel
         self._onRelease = onRelease
-        self._client = client or RedisClient(reactor, redisConfig, unixSocket=unixSocket, protocolClass=_Subscriber)
+        self._client = client.sibling(protocolClass=_Subscriber)
+        self._replyTimeout = client.timing.replyTimeout
         self._firstRetryDelay = retryDelay
         self._retryDelay = retryDelay
-        self._maxRetryDelay = maxRetryDelay if maxRetryDelay is not None else min(
-            5.0, 10 * redisConfig.replyTimeout / 1000.0
-        )
+        self._maxRetryDelay = maxRetryDelay if maxRetryDelay is not None else min(5.0, 10 * self._replyTimeout)
         self._retryCall = None
         self._everListened = False
         self._failing = False
@@ -130,7 +132,7 @@ class ReleaseListener:
         proto.onMessage = self._message
         proto.whenDisconnected().addCallback(self._lost, generation)
         subscribed = proto.subscribe(self.channel)
-        subscribed.addTimeout(self._config.replyTimeout / 1000.0, self._reactor)
+        subscribed.addTimeout(self._replyTimeout, self._reactor)
         return subscribed
 
     def _listening(self, _, generation):
@@ -146,7 +148,7 @@ class ReleaseListener:
         self._everListened = True
 
     def _failed(self, failure, generation):
-        failure.trap(BeatCopError, defer.TimeoutError, txredisapi.ConnectionError, txredisapi.ResponseError)
+        failure.trap(BeatCopError, defer.TimeoutError, ConnectionBroken, ErrorReply)
         if not self._current(generation, ListenerState.CONNECTING):
             return
         if not self._failing:

@@ -15,7 +15,7 @@ import socket
 from twisted.internet import task
 from twisted.logger import Logger
 
-from .service import NodeState
+from .service import NodeObserver, NodeState
 
 _STATUS = {
     NodeState.CONNECTING: "connecting to Redis",
@@ -64,7 +64,7 @@ class Notifier:
             self.log.warn("Cannot notify systemd: {error}", error=e)
 
 
-class SystemdObserver:
+class SystemdObserver(NodeObserver):
     """
     A node observer that keeps systemd informed (see the module docstring).
     """

@@ -18,8 +18,9 @@ from twisted.python import usage
 
 from .config import KEYS, loadConfig, urlOverrides
 from .containment import detectContainment
-from .errors import EX_CONFIG, ConfigError
+from .errors import EX_CONFIG, BeatCopError, ConfigError
 from .service import BeatCopService
+from .startup import prepareClient
 
 # Keys that are switches on the command line (no value) rather than options.
 _SWITCHES = {("beatcop", "shell"): "run the command through /bin/sh -c"}
@@ -104,7 +105,15 @@ def makeService(options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
     config = options.beatcopConfig
-    node = BeatCopService(config, reactor=reactor, containment=getattr(options, "containment", None))
+    try:
+        # Before the reactor runs: with url = embedded, this starts the
+        # host's embedded Redis if none is running.
+        client = prepareClient(reactor, config)
+    except BeatCopError as e:
+        sys.stderr.write(f"beatcop: error: Cannot use Redis: {e}\n")
+        sys.stderr.flush()
+        raise SystemExit(e.exitCode)
+    node = BeatCopService(config, reactor=reactor, client=client, containment=getattr(options, "containment", None))
     exitCode = _ExitCode()
     top = node
     if config.metricsPort is not None:

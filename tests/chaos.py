@@ -368,6 +368,8 @@ def summarize(cluster, chaos, options, verdict, elapsed):
             "ms": round(seconds * 1000, 1),
             "at": round(runsByPid[b].start, 3) if b in runsByPid else None,
             "after": faultBefore(runsByPid[b].start) if b in runsByPid else None,
+            "earlier_alive": {str(pid): round(t, 3) for pid, t in report.aliveAfter(
+                a, runsByPid[b].start if b in runsByPid else 0).items()},
         }
         for a, b, seconds in report.overlaps
     ]
@@ -455,7 +457,7 @@ def render(result):
     for overlap in result["overlaps"]["list"]:
         lines.append(
             f"  overlap {overlap['ms']} ms: pids {overlap['pids']} on {overlap['nodes']} at {overlap['at']}"
-            f", after {overlap['after']}"
+            f", after {overlap['after']}; of the earlier run, alive after the later started: {overlap['earlier_alive']}"
         )
     for violation in result["fencing_violations"]:
         lines.append(

@@ -194,6 +194,9 @@ class Sampler:
         self.environ = environ
         self.confirm = confirm
         self.seen = {}
+        # run -> {pid: [first, last] seen alive}: which process of a run it
+        # was, for the evidence of an overlap.
+        self.seenPids = {}
         self.gone = {}
         self.crowded = []
         self.unconfirmed = 0
@@ -241,6 +244,8 @@ class Sampler:
                 span[0] = min(span[0], checkedAt)
                 span[1] = max(span[1], checkedAt)
                 self.gone.pop(run, None)
+                pidSpan = self.seenPids.setdefault(run, {}).setdefault(pid, [checkedAt, checkedAt])
+                pidSpan[1] = max(pidSpan[1], checkedAt)
                 if pid != run and not any(r == run and p == run for r, p, _ in found):
                     self.orphans.setdefault(run, (pid, checkedAt))
             for run in self.seen:
@@ -307,6 +312,14 @@ class Report:
     availabilityGap: float = None
     availabilityGapAt: tuple = None
     orphans: dict = field(default_factory=dict)
+    # run -> {pid: [first, last] seen alive} (with a sampler)
+    seenPids: dict = field(default_factory=dict)
+
+    def aliveAfter(self, run, moment):
+        """
+        The processes of C{run} seen alive after C{moment}: C{{pid: last}}.
+        """
+        return {pid: last for pid, (_, last) in self.seenPids.get(run, {}).items() if last > moment}
 
     @property
     def overlapSeconds(self):
@@ -322,8 +335,10 @@ class Report:
                 f"  pid {run.pid} node {run.node} token {run.token} "
                 f"start {run.start} end {run.end} ({run.ended})"
             )
+        starts = {run.pid: run.start for run in self.runs}
         for a, b, seconds in self.overlaps:
-            lines.append(f"  OVERLAP pids {a} and {b}: {seconds * 1000:.1f} ms")
+            alive = self.aliveAfter(a, starts.get(b, 0))
+            lines.append(f"  OVERLAP pids {a} and {b}: {seconds * 1000:.1f} ms; of run {a}, alive after {b} started: {alive}")
         for a, b, seconds in self.uncertainOverlaps:
             lines.append(f"  possible overlap pids {a} and {b}: at most {seconds * 1000:.1f} ms (sampling uncertainty)")
         if self.crowdedSamples:
@@ -484,7 +499,12 @@ def check(historyPath, sampler=None, until=None, certain=False, unavailable=None
             longestGap = max(longestGap, run.start - coveredUntil)
             coveredUntil = max(coveredUntil, run.end if run.end is not None else until)
         longestGap = max(longestGap, until - coveredUntil)
-    report = Report(list(ordered), overlaps, crowded, violations, longestGap, samples, uncertain, orphans=orphans)
+    seenPids = {}
+    if sampler is not None:
+        with sampler._lock:
+            seenPids = {run: {pid: list(span) for pid, span in pids.items()} for run, pids in sampler.seenPids.items()}
+    report = Report(list(ordered), overlaps, crowded, violations, longestGap, samples, uncertain, orphans=orphans,
+                    seenPids=seenPids)
     if unavailable is not None:
         # Conservative: a SIGKILLed run ends when it was last seen alive.
         report.availabilityGap, report.availabilityGapAt = availability(

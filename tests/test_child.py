@@ -761,6 +761,24 @@ class _ContainmentTests:
         self.assertGone(daemon, started)
 
     @defer.inlineCallbacks
+    def test_theKillDoesNotWaitForTheGuard(self):
+        """
+        The guard cannot run (frozen here; starved of CPU on a loaded host,
+        as the chaos soak once caught): BeatCop's own kill reaches the
+        daemon all the same, at once, not when the guard's turn comes.
+        """
+        environment = dict(os.environ, BEATCOP_HOLDER_ID=f"test:{os.getpid()}:{self.id()}")
+        child, daemon, started = yield self.startDaemonizer("ignore", environment=environment)
+        os.kill(child.pid, signal.SIGSTOP)
+        try:
+            child.kill()
+            yield waitUntil(lambda: isGone(daemon, started), "the daemon to die while the guard is frozen", timeout=2)
+            self.assertFalse(child.ended.called)
+        finally:
+            os.kill(child.pid, signal.SIGCONT)
+        yield bounded(child.ended)
+
+    @defer.inlineCallbacks
     def test_killBeforeTheCommandStartsStartsNothing(self):
         """
         A guard started ahead, told to go and at once to stop at once (the

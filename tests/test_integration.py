@@ -194,7 +194,7 @@ def test_only_the_first_standbys_in_line_listen(makeCluster, redisServer):
     line re-forms: the new holder stops listening, the next standby starts.
     """
     from beatcop.lock import releaseChannelFor
-    from beatcop.service import LISTENING_RANKS
+    from beatcop.standby import LISTENING_RANKS
 
     redis = redisServer.client()
     channel = releaseChannelFor("beatcop-test")

@@ -180,7 +180,7 @@ class AcquireTests(RealRedisMixin, TestCase):
         its expiry (SET NX PX) and takes fencing token 1.
         """
         lock = self.makeLock(holderId="node-a:1:0011223344556677")
-        attempt = yield lock.acquire()
+        attempt = yield lock.acquire(initialize=True)
         self.assertEqual(attempt, Attempt(acquired=True, token=1, pttl=TTL, holder="node-a:1:0011223344556677"))
         self.assertEqual(self.redis.get(LOCK), "node-a:1:0011223344556677")
         self.assertPttlNear(LOCK, TTL)
@@ -198,7 +198,7 @@ class AcquireTests(RealRedisMixin, TestCase):
         first, second = self.makeLock(), self.makeLock()
         self.assertNotEqual(first.holderId, second.holderId)
         self.assertEqual(len(first.holderId.split(":")), 3)
-        attempt = yield first.acquire()
+        attempt = yield first.acquire(initialize=True)
         self.assertEqual(attempt.holder, first.holderId)
         self.assertEqual(self.redis.get(LOCK), first.holderId)
 
@@ -210,11 +210,11 @@ class AcquireTests(RealRedisMixin, TestCase):
         the lease's remaining PTTL.
         """
         holder = self.makeLock(holderId="node-a:1:aaaa")
-        yield holder.acquire()
+        yield holder.acquire(initialize=True)
         self.redis.pexpire(LOCK, 4000)  # part of the lease has run
 
         standby = self.makeLock(holderId="node-b:2:bbbb")
-        attempt = yield standby.acquire()
+        attempt = yield standby.acquire(initialize=True)
         after = self.redis.pttl(LOCK)
 
         self.assertFalse(attempt.acquired)
@@ -235,8 +235,8 @@ class AcquireTests(RealRedisMixin, TestCase):
         """
         self.redis.set(fencingKeyFor(LOCK), 41)
         holder = self.makeLock()
-        yield holder.acquire()
-        attempt = yield self.makeLock().acquire()
+        yield holder.acquire(initialize=True)
+        attempt = yield self.makeLock().acquire(initialize=True)
         self.assertEqual((holder.token, attempt.token), (42, 42))
 
     @defer.inlineCallbacks
@@ -246,7 +246,7 @@ class AcquireTests(RealRedisMixin, TestCase):
         -1 (the caller must not wait for it to expire).
         """
         self.redis.set(LOCK, "someone")
-        attempt = yield self.makeLock().acquire()
+        attempt = yield self.makeLock().acquire(initialize=True)
         self.assertEqual(attempt, Attempt(acquired=False, token=0, pttl=-1, holder="someone"))
 
     @defer.inlineCallbacks
@@ -256,13 +256,13 @@ class AcquireTests(RealRedisMixin, TestCase):
         acquires with the next token.
         """
         first, second = self.makeLock(), self.makeLock()
-        yield first.acquire()
+        yield first.acquire(initialize=True)
         self.redis.pexpire(LOCK, 1)
         deadline = time.monotonic() + 5
         while self.redis.exists(LOCK) and time.monotonic() < deadline:
             time.sleep(0.002)
         self.assertFalse(self.redis.exists(LOCK))
-        attempt = yield second.acquire()
+        attempt = yield second.acquire(initialize=True)
         self.assertTrue(attempt.acquired)
         self.assertEqual(attempt.token, 2)
         self.assertEqual(self.redis.get(LOCK), second.holderId)
@@ -276,7 +276,7 @@ class RefreshTests(RealRedisMixin, TestCase):
         the full TTL.
         """
         lock = self.makeLock()
-        yield lock.acquire()
+        yield lock.acquire(initialize=True)
         self.redis.pexpire(LOCK, 2000)
         outcome = yield lock.refresh()
         self.assertIs(outcome, RefreshOutcome.REFRESHED)
@@ -291,7 +291,7 @@ class RefreshTests(RealRedisMixin, TestCase):
         create it again.
         """
         lock = self.makeLock()
-        yield lock.acquire()
+        yield lock.acquire(initialize=True)
         self.redis.delete(LOCK)
         outcome = yield lock.refresh()
         self.assertIs(outcome, RefreshOutcome.GONE)
@@ -304,7 +304,7 @@ class RefreshTests(RealRedisMixin, TestCase):
         the other holder's key and expiry alone.
         """
         lock = self.makeLock()
-        yield lock.acquire()
+        yield lock.acquire(initialize=True)
         self.redis.set(LOCK, "node-b:2:bbbb", px=3000)
         outcome = yield lock.refresh()
         self.assertIs(outcome, RefreshOutcome.TAKEN)
@@ -317,7 +317,7 @@ class RefreshTests(RealRedisMixin, TestCase):
         A lock instance that never acquired cannot refresh the holder's key.
         """
         holder, other = self.makeLock(), self.makeLock()
-        yield holder.acquire()
+        yield holder.acquire(initialize=True)
         self.redis.pexpire(LOCK, 2000)
         outcome = yield other.refresh()
         self.assertIs(outcome, RefreshOutcome.TAKEN)
@@ -332,7 +332,7 @@ class ReleaseTests(RealRedisMixin, TestCase):
         fencing counter.
         """
         lock = self.makeLock()
-        yield lock.acquire()
+        yield lock.acquire(initialize=True)
         deleted = yield lock.release()
         self.assertIs(deleted, True)
         self.assertFalse(self.redis.exists(LOCK))
@@ -345,7 +345,7 @@ class ReleaseTests(RealRedisMixin, TestCase):
         was lost (compare-and-DEL), and answers False.
         """
         lock = self.makeLock()
-        yield lock.acquire()
+        yield lock.acquire(initialize=True)
         self.redis.set(LOCK, "node-b:2:bbbb", px=5000)
         deleted = yield lock.release()
         self.assertIs(deleted, False)
@@ -358,8 +358,8 @@ class ReleaseTests(RealRedisMixin, TestCase):
         A standby's C{release} leaves the holder's key alone.
         """
         holder, standby = self.makeLock(), self.makeLock()
-        yield holder.acquire()
-        yield standby.acquire()
+        yield holder.acquire(initialize=True)
+        yield standby.acquire(initialize=True)
         deleted = yield standby.release()
         self.assertIs(deleted, False)
         self.assertEqual(self.redis.get(LOCK), holder.holderId)
@@ -379,9 +379,9 @@ class ReleaseTests(RealRedisMixin, TestCase):
         After a release another instance acquires at once.
         """
         first, second = self.makeLock(), self.makeLock()
-        yield first.acquire()
+        yield first.acquire(initialize=True)
         yield first.release()
-        attempt = yield second.acquire()
+        attempt = yield second.acquire(initialize=True)
         self.assertTrue(attempt.acquired)
         self.assertEqual(self.redis.get(LOCK), second.holderId)
 
@@ -396,7 +396,7 @@ class FencingTests(RealRedisMixin, TestCase):
         a, b, c = self.makeLock(), self.makeLock(), self.makeLock()
         tokens = []
         for lock in (a, b, a, c, b):
-            attempt = yield lock.acquire()
+            attempt = yield lock.acquire(initialize=True)
             self.assertTrue(attempt.acquired)
             tokens.append(lock.token)
             yield lock.release()
@@ -413,21 +413,21 @@ class FencingTests(RealRedisMixin, TestCase):
         """
         self.redis.set(fencingKeyFor(LOCK), 41)
         lock = self.makeLock()
-        yield lock.acquire()
+        yield lock.acquire(initialize=True)
         self.assertEqual(lock.token, 42)
         self.redis.flushall()
-        attempt = yield lock.acquire()
+        attempt = yield lock.acquire(initialize=True)
         self.assertFalse(attempt.acquired)
         self.assertEqual((attempt.holder, attempt.token), (LOST_DATA, 42))
         self.assertTrue(TTL - SLACK <= attempt.pttl <= TTL)
         self.assertEqual(self.redis.get(fencingKeyFor(LOCK)), "42")
         self.redis.delete(LOCK)  # the placeholder expired
-        attempt = yield lock.acquire()
+        attempt = yield lock.acquire(initialize=True)
         self.assertTrue(attempt.acquired)
         self.assertEqual((attempt.token, lock.token, lock.highestToken), (43, 43, 43))
         self.assertEqual(self.redis.get(fencingKeyFor(LOCK)), "43")
         yield lock.release()
-        attempt = yield self.makeLock().acquire()  # the counter carries on from there
+        attempt = yield self.makeLock().acquire(initialize=True)  # the counter carries on from there
         self.assertEqual(attempt.token, 44)
 
     @defer.inlineCallbacks
@@ -440,12 +440,12 @@ class FencingTests(RealRedisMixin, TestCase):
         """
         self.redis.set(fencingKeyFor(LOCK), 6)
         holder, standby = self.makeLock(), self.makeLock()
-        yield holder.acquire()
-        attempt = yield standby.acquire()
+        yield holder.acquire(initialize=True)
+        attempt = yield standby.acquire(initialize=True)
         self.assertFalse(attempt.acquired)
         self.assertEqual(standby.highestToken, 7)
         self.redis.flushall()
-        attempt = yield standby.acquire()
+        attempt = yield standby.acquire(initialize=True)
         self.assertFalse(attempt.acquired)
         self.assertEqual(attempt.holder, LOST_DATA)
         self.assertEqual(self.redis.get(fencingKeyFor(LOCK)), "7")
@@ -454,7 +454,7 @@ class FencingTests(RealRedisMixin, TestCase):
         self.assertTrue(attempt.acquired)
         self.assertEqual(attempt.token, 7)
         self.assertEqual(self.redis.get(LOCK), holder.holderId)
-        attempt = yield standby.acquire()
+        attempt = yield standby.acquire(initialize=True)
         self.assertFalse(attempt.acquired)
         self.assertEqual(attempt.holder, holder.holderId)
 
@@ -466,13 +466,13 @@ class FencingTests(RealRedisMixin, TestCase):
         """
         self.redis.set(fencingKeyFor(LOCK), 6)
         holder, standby = self.makeLock(), self.makeLock()
-        yield holder.acquire()
-        yield standby.acquire()
+        yield holder.acquire(initialize=True)
+        yield standby.acquire(initialize=True)
         self.redis.flushall()
-        attempt = yield standby.acquire()
+        attempt = yield standby.acquire(initialize=True)
         self.assertEqual(attempt.holder, LOST_DATA)
         self.redis.delete(LOCK)
-        attempt = yield standby.acquire()
+        attempt = yield standby.acquire(initialize=True)
         self.assertTrue(attempt.acquired)
         self.assertEqual(attempt.token, 8)
         self.assertEqual(self.redis.get(fencingKeyFor(LOCK)), "8")
@@ -484,10 +484,10 @@ class FencingTests(RealRedisMixin, TestCase):
         increments.
         """
         lock = self.makeLock()
-        yield lock.acquire()
+        yield lock.acquire(initialize=True)
         yield lock.release()
         self.redis.set(fencingKeyFor(LOCK), 100)
-        attempt = yield lock.acquire()
+        attempt = yield lock.acquire(initialize=True)
         self.assertEqual(attempt.token, 101)
 
 
@@ -500,7 +500,7 @@ class ReclaimTests(RealRedisMixin, TestCase):
         """
         self.redis.set(fencingKeyFor(LOCK), 4)
         lock = self.makeLock()
-        yield lock.acquire()
+        yield lock.acquire(initialize=True)
         self.assertEqual(lock.token, 5)
         self.redis.flushall()
         attempt = yield lock.reclaim()
@@ -511,7 +511,7 @@ class ReclaimTests(RealRedisMixin, TestCase):
         self.assertEqual(self.redis.get(fencingKeyFor(LOCK)), "5")
         # The next acquisition by anyone is above our token.
         yield lock.release()
-        attempt = yield self.makeLock().acquire()
+        attempt = yield self.makeLock().acquire(initialize=True)
         self.assertEqual(attempt.token, 6)
 
     @defer.inlineCallbacks
@@ -523,7 +523,7 @@ class ReclaimTests(RealRedisMixin, TestCase):
         where it is.
         """
         lock = self.makeLock()
-        yield lock.acquire()
+        yield lock.acquire(initialize=True)
         self.redis.delete(LOCK)
         self.redis.set(fencingKeyFor(LOCK), 10)
         attempt = yield lock.reclaim()
@@ -539,10 +539,10 @@ class ReclaimTests(RealRedisMixin, TestCase):
         holder like a failed C{acquire}, and our token stays.
         """
         lock = self.makeLock()
-        yield lock.acquire()
+        yield lock.acquire(initialize=True)
         self.redis.flushall()
         other = self.makeLock()
-        yield other.acquire()
+        yield other.acquire(initialize=True)
         attempt = yield lock.reclaim()
         self.assertFalse(attempt.acquired)
         self.assertEqual(attempt.holder, other.holderId)
@@ -572,7 +572,7 @@ class ScriptCacheTests(RealRedisMixin, TestCase):
         """
         client = RecordingClient(self.makeClient())
         lock = self.makeLock(client=client)
-        yield lock.acquire()
+        yield lock.acquire(initialize=True)
         self.assertEqual(client.commands, ["EVALSHA", "EVAL"])  # a fresh server knows no script
         self.redis.script_flush()
         self.assertEqual(self.redis.script_exists(REFRESH.sha), [False])
@@ -596,7 +596,7 @@ class ScriptCacheTests(RealRedisMixin, TestCase):
         The acquire, reclaim and release scripts fall back the same way.
         """
         lock = self.makeLock()
-        yield lock.acquire()
+        yield lock.acquire(initialize=True)
         self.redis.script_flush()
         self.redis.flushall()
         attempt = yield lock.reclaim()
@@ -606,7 +606,7 @@ class ScriptCacheTests(RealRedisMixin, TestCase):
         self.assertIs((yield lock.release()), True)
         self.assertEqual(self.redis.script_exists(RELEASE.sha), [True])
         self.redis.script_flush()
-        attempt = yield lock.acquire()
+        attempt = yield lock.acquire(initialize=True)
         self.assertTrue(attempt.acquired)
         self.assertEqual(self.redis.script_exists(ACQUIRE.sha), [True])
 
@@ -618,7 +618,7 @@ class ScriptCacheTests(RealRedisMixin, TestCase):
         """
         client = RecordingClient(self.makeClient())
         lock = self.makeLock(client=client, useEvalSha=False)
-        attempt = yield lock.acquire()
+        attempt = yield lock.acquire(initialize=True)
         self.assertTrue(attempt.acquired)
         self.redis.script_flush()
         self.redis.pexpire(LOCK, 2000)
@@ -639,7 +639,7 @@ class ScriptCacheTests(RealRedisMixin, TestCase):
         """
         client = RecordingClient(self.makeClient())
         lock = self.makeLock(client=client)
-        yield lock.acquire()
+        yield lock.acquire(initialize=True)
         yield lock.refresh()  # the server knows the script now
         self.redis.delete(LOCK)
         self.redis.hset(LOCK, "field", "value")
@@ -737,7 +737,7 @@ class ClusterSlotTests(RealRedisMixin, TestCase):
         client = self.makeClient()
         for name in NAMES:
             lock = self.makeLock(name=name, client=client)
-            attempt = yield lock.acquire()
+            attempt = yield lock.acquire(initialize=True)
             self.assertTrue(attempt.acquired, name)
             self.assertIs((yield lock.refresh()), RefreshOutcome.REFRESHED)
             self.redis.delete(name)
@@ -769,14 +769,14 @@ class UnexpectedReplyTests(SynchronousTestCase):
     def test_acquire(self):
         for reply in ["OK", None, 1, [1, 2], [1, 2, 3, 4, 5, 6], [0, 2, 3, "h", "x"], ["yes", 1, 1000, "h"], [1, None, 1000, "h"], [1, 2, "x", "h"]]:
             lock = RedisLock(FakeClient(reply), LOCK, 1000)
-            failure = self.failureResultOf(lock.acquire(), RedisProtocolError)
+            failure = self.failureResultOf(lock.acquire(initialize=True), RedisProtocolError)
             self.assertIn("unexpected reply to the acquire script", str(failure.value))
             self.assertIsNone(lock.token)
             self.assertEqual(lock.highestToken, 0)
 
     def test_reclaim(self):
         lock = RedisLock(FakeClient([1, 3, 1000, "h"], "nonsense"), LOCK, 1000, holderId="h")
-        self.successResultOf(lock.acquire())
+        self.successResultOf(lock.acquire(initialize=True))
         self.failureResultOf(lock.reclaim(), RedisProtocolError)
         self.assertEqual(lock.token, 3)
 
@@ -812,7 +812,7 @@ class UnexpectedReplyTests(SynchronousTestCase):
         self.assertEqual(
             evalArgs[1:],
             [5, LOCK, fencingKeyFor(LOCK), "{%s}:nodes" % LOCK, "{%s}:paused" % LOCK, "{%s}:handover" % LOCK,
-             "h", 1000, 0, "", 3000, "1"],
+             "h", 1000, 0, "", 3000, "0", 1500],
         )
 
 
@@ -828,7 +828,7 @@ class LateAcquisitionTests(RealRedisMixin, TestCase):
         lock = self.makeLock()
         self.redis.set(LOCK, lock.holderId, px=TTL)
         self.redis.set(fencingKeyFor(LOCK), 5)
-        attempt = yield lock.acquire()
+        attempt = yield lock.acquire(initialize=True)
         self.assertTrue(attempt.acquired)
         self.assertEqual((attempt.token, lock.token), (5, 5))
         self.assertEqual(self.redis.get(fencingKeyFor(LOCK)), "5")
@@ -845,25 +845,25 @@ class RankTests(RealRedisMixin, TestCase):
         client = self.makeClient()
         describe = lambda: {"state": "standby"}  # noqa: E731
         holder = self.makeLock(client=client, holderId="m-holder", describe=describe)
-        yield holder.acquire()
+        yield holder.acquire(initialize=True)
         standbys = [self.makeLock(client=client, holderId=f"s-{n}", describe=describe) for n in (3, 1, 2)]
         for lock in standbys:
-            yield lock.acquire()
+            yield lock.acquire(initialize=True)
         ranks = {}
         for lock in standbys:
-            attempt = yield lock.acquire()
+            attempt = yield lock.acquire(initialize=True)
             ranks[lock.holderId] = attempt.rank
         self.assertEqual(ranks, {"s-1": 0, "s-2": 1, "s-3": 2})
         # An entry not seen for longer than a lease (and its half-second
         # slack) no longer counts.
-        self.redis.hset(registryKeyFor(LOCK), "s-0", '1000 {"state": "standby"}')
-        attempt = yield standbys[0].acquire()
+        self.redis.hset(registryKeyFor(LOCK), "s-0", '1000 standby {"state": "standby"}')
+        attempt = yield standbys[0].acquire(initialize=True)
         self.assertEqual(attempt.rank, 2)
         # Nor does a node that does not stand by (a holder that crashed, one
         # that is stopping), however fresh its entry.
         stopping = self.makeLock(client=client, holderId="s-00", describe=lambda: {"state": "stopping"})
-        yield stopping.acquire()
-        attempt = yield standbys[0].acquire()
+        yield stopping.acquire(initialize=True)
+        attempt = yield standbys[0].acquire(initialize=True)
         self.assertEqual(attempt.rank, 2)
 
 

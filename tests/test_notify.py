@@ -62,7 +62,7 @@ class ReleaseListenerTests(TestCase):
         self.heard = Heard()
 
     def listen(self, channel="{job}:released", **kwargs):
-        listener = ReleaseListener(reactor, self.config, channel, self.heard, **kwargs)
+        listener = ReleaseListener(reactor, RedisClient(reactor, self.config), channel, self.heard, **kwargs)
         self.addCleanup(listener.stop)
         listener.start()
         return listener
@@ -81,7 +81,7 @@ class ReleaseListenerTests(TestCase):
         client = RedisClient(reactor, self.config)
         self.addCleanup(client.close)
         lock = RedisLock(client, "job", 5000)
-        attempt = yield lock.acquire()
+        attempt = yield lock.acquire(initialize=True)
         self.assertTrue(attempt.acquired)
         heard = self.heard.next()
         released = yield lock.release()
@@ -97,7 +97,7 @@ class ReleaseListenerTests(TestCase):
         self.addCleanup(client.close)
         holder = RedisLock(client, "job", 5000, notify=False)
         other = RedisLock(client, "job", 5000)
-        yield holder.acquire()
+        yield holder.acquire(initialize=True)
         self.assertFalse((yield other.release()))
         self.assertTrue((yield holder.release()))
         # A marker published after both: if either had announced, it would

@@ -62,7 +62,7 @@ def test_nodes_through_twemproxy(workdir):
             assert first.wait(10) == 0, first.log()
             cluster.waitForStarts(2, timeout=5)
             third = cluster.addNode()
-            third.waitForLog("waiting for lock")
+            third.waitForLog("standing by for lock")
             killedAt = time.monotonic()
             second.killGroup()
             cluster.waitForStarts(3, timeout=10)

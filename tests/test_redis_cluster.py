@@ -80,7 +80,7 @@ def test_cluster_master_failover_keeps_exactly_one_command(workdir):
             for node in cluster.nodes:
                 # Both up (a node still starting when the master dies would
                 # exit 68, as documented, and a supervisor would restart it).
-                node.waitForLog("waiting for lock")
+                node.waitForLog("standing by for lock")
             assert master.client().get(lockName) == start["holder"]
             watchUntil(cluster, lambda: _replicated(replica, lockName, start["holder"]), 5,
                        "the lock to reach the replica")
@@ -196,7 +196,7 @@ class SlotMigrationTests(TestCase):
         lock = RedisLock(client, self.lockName, 20000, holderId="node-a:1:00")
         reactor.callLater(0.5, self.finishMigration)
         started = time.monotonic()
-        attempt = yield lock.acquire()
+        attempt = yield lock.acquire(initialize=True)
         self.assertTrue(attempt.acquired)
         self.assertGreaterEqual(time.monotonic() - started, 0.4)
         self.assertEqual(self.target.client().get(self.lockName), "node-a:1:00")
@@ -213,7 +213,7 @@ class SlotMigrationTests(TestCase):
         lock = RedisLock(client, self.lockName, 20000, holderId="node-a:1:00")
         started = time.monotonic()
         with self.assertRaises(RedisNotReady) as caught:
-            yield lock.acquire()
+            yield lock.acquire(initialize=True)
         elapsed = time.monotonic() - started
         self.assertIn("TRYAGAIN", str(caught.exception))
         self.assertGreaterEqual(elapsed, 0.5)

@@ -73,7 +73,7 @@ class FakeProto:
                 d.callback(self)
 
 
-class FakeClient(RedisClient):
+class ScriptedNodesClient(RedisClient):
     """
     A L{RedisClient} whose connections are L{FakeProto}s made by
     C{handlers[(host, port)]}; a node without a handler refuses.
@@ -112,7 +112,7 @@ class RetryWithinDeadlineTests(SynchronousTestCase):
 
     def cluster(self, handlers, replyTimeout=1000):
         config = RedisConfig(startupNodes=[("a", 1)], replyTimeout=replyTimeout)
-        return FakeClient(self.clock, config, handlers)
+        return ScriptedNodesClient(self.clock, config, handlers)
 
     def record(self, reply):
         def handler(proto, args):
@@ -230,7 +230,7 @@ class WaitReplicasTests(SynchronousTestCase):
                 return self.acknowledged
             return "reply"
 
-        client = FakeClient(self.clock, config, {("h", 1): handler})
+        client = ScriptedNodesClient(self.clock, config, {("h", 1): handler})
         return client
 
     def test_writeFollowedByWaitOnTheSameConnection(self):
@@ -278,7 +278,7 @@ class SentinelTests(SynchronousTestCase):
 
     def client(self, handlers):
         config = RedisConfig(sentinels=[("s1", 26379), ("s2", 26379)], serviceName="mymaster", replyTimeout=1000)
-        return FakeClient(self.clock, config, handlers)
+        return ScriptedNodesClient(self.clock, config, handlers)
 
     def settle(self, d):
         results = []

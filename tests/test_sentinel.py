@@ -64,7 +64,7 @@ def test_sentinel_failover_keeps_exactly_one_command(workdir, sentinels):
         second = cluster.addNode(**environment)
         holder, start = cluster.holder(timeout=20)
         for node in (first, second):
-            node.waitForLog("waiting for lock")
+            node.waitForLog("standing by for lock")
         oldMaster = sentinels.master
         assert oldMaster.client(db=1).get(cluster.lockName) == start["holder"]
         replica = sentinels.replicas[0]

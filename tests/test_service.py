@@ -18,9 +18,7 @@ import dataclasses
 import os
 import signal
 
-from twisted.internet import defer
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from beatcop.child import ChildExit
@@ -33,12 +31,14 @@ from beatcop.errors import (
     EX_PROTOCOL,
     EX_SOFTWARE,
     EX_UNAVAILABLE,
-    ChildStartError,
     RedisUnreachable,
 )
 from beatcop.lock import Attempt, RefreshOutcome
 from beatcop.redisconn import RedisTimeout
-from beatcop.service import ATTEMPT_SPREAD, LISTENING_RANKS, RANK_STEP, BeatCopService, NodeState
+
+from beatcop.testing.fakes import FakeLease, FakeListener, FakeRedisClient, FakeRun
+from beatcop.service import BeatCopService, NodeState
+from beatcop.standby import ATTEMPT_SPREAD, LISTENING_RANKS, RANK_STEP
 
 HOLDER = "node-a:100:0123456789abcdef"
 OTHER = "node-b:200:fedcba9876543210"
@@ -76,198 +76,6 @@ def makeConfig(**changes):
     return dataclasses.replace(config, **changes)
 
 
-class FakeClient:
-    """
-    The Redis client as the service uses it: C{INFO server} at start-up,
-    C{close()} at the end.
-    """
-
-    address = "redis://redis.example:6379/0"
-
-    def __init__(self, info="# Server\r\nredis_version:7.0.0\r\nredis_mode:standalone\r\n"):
-        self.info = info
-        self.commands = []
-        self.closed = 0
-
-    def execute(self, *args):
-        self.commands.append(args)
-        if isinstance(self.info, BaseException):
-            return defer.fail(self.info)
-        return defer.succeed(self.info)
-
-    def close(self):
-        self.closed += 1
-        return defer.succeed(None)
-
-
-class FakeLock:
-    """
-    A lock whose every call returns a Deferred that the test fires by hand.
-
-    @ivar calls: C{[(method, sentAt, Deferred)]} in the order they were made.
-    """
-
-    def __init__(self, clock):
-        self.clock = clock
-        self.lockName = LOCK_NAME
-        self.holderId = HOLDER
-        self.releaseChannel = "{" + LOCK_NAME + "}:released"
-        self.token = None
-        self.highestToken = 0
-        self.calls = []
-        self.initialize = []
-        self.autoRefresh = None
-
-    def _call(self, method):
-        d = defer.Deferred()
-        self.calls.append((method, self.clock.seconds(), d))
-        return d
-
-    def acquire(self, initialize=True):
-        self.initialize.append(initialize)
-        return self._call("acquire")
-
-    def reclaim(self):
-        return self._call("reclaim")
-
-    def refresh(self):
-        d = self._call("refresh")
-        if self.autoRefresh is not None:
-            d.callback(self.autoRefresh)
-        return d
-
-    def release(self):
-        return self._call("release")
-
-    def sent(self, method):
-        """
-        The send times of every call of C{method}.
-        """
-        return [sentAt for name, sentAt, _ in self.calls if name == method]
-
-    def pending(self, method):
-        return [d for name, _, d in self.calls if name == method and not d.called]
-
-    def answer(self, method, result):
-        """
-        Fire the oldest unanswered call of C{method} with C{result} (an
-        exception errbacks), updating C{token} as L{RedisLock} does.
-        """
-        pending = self.pending(method)
-        if not pending:
-            raise AssertionError(f"no {method} call is waiting for an answer; calls: {self.calls!r}")
-        if isinstance(result, Attempt):
-            self.highestToken = max(self.highestToken, result.token)
-            if result.acquired:
-                self.token = result.token
-        if isinstance(result, BaseException):
-            pending[0].errback(Failure(result))
-        else:
-            pending[0].callback(result)
-
-
-class FakeChild:
-    """
-    A L{beatcop.child.ChildProcess} look-alike that records what the service
-    asks of it, with the reactor time of each request.
-    """
-
-    def __init__(self, clock, argv, environment, stopSignal, killGrace, killBy, monotonic, shell):
-        self.clock = clock
-        self.argv = argv
-        self.environment = environment
-        self.stopSignal = stopSignal
-        self.killGrace = killGrace
-        self.killBy = killBy
-        self.monotonic = monotonic
-        self.shell = shell
-        self.createdAt = clock.seconds()
-        self.commandPid = None
-        self.started = defer.Deferred()
-        self.ended = defer.Deferred()
-        self.deadlines = []  # [(reactor time, killBy)]
-        self.stops = []  # [(reactor time, grace)]
-        self.signals = []  # [(reactor time, signal)]
-        self.armed = False
-        self.armedAt = None
-        self.startedAt = None
-        self.disarmedAt = None
-
-    def arm(self):
-        self.armed = True
-        self.armedAt = self.clock.seconds()
-
-    def disarm(self):
-        if self.armed:
-            self.armed = False
-            self.disarmedAt = self.clock.seconds()
-
-    def start(self):
-        self.armed = False
-        self.startedAt = self.clock.seconds()
-        return self.started
-
-    def extendDeadline(self, killBy):
-        self.killBy = killBy
-        self.deadlines.append((self.clock.seconds(), killBy))
-
-    def signalGroup(self, sig):
-        self.signals.append((self.clock.seconds(), sig))
-
-    def stop(self, grace=None):
-        self.stops.append((self.clock.seconds(), self.killGrace if grace is None else grace))
-        return self.ended
-
-    @property
-    def killDue(self):
-        """
-        When the earliest requested SIGKILL is due (what
-        L{ChildProcess.stop} would do with these requests).
-        """
-        return min(at + grace for at, grace in self.stops)
-
-    # -- what the test makes the "process" do --
-
-    def reportStarted(self, pid=4242):
-        self.commandPid = pid
-        self.started.callback(pid)
-
-    def exit(self, code=None, signal=None):
-        self.ended.callback(ChildExit(code=code, signal=signal))
-
-    def failToStart(self, why="exec failed: worker: No such file or directory"):
-        self.started.errback(ChildStartError(why))
-        self.ended.callback(ChildExit(code=127))
-
-
-class FakeListener:
-    """
-    A release listener the test drives: C{announce(holder)} is a release
-    heard on the channel.
-    """
-
-    def __init__(self, reactor, redisConfig, channel, onRelease, unixSocket):
-        self.channel = channel
-        self.onRelease = onRelease
-        self.started = False
-        self.stopped = False
-        self.active = False
-        self.starts = 0
-
-    def start(self):
-        if not self.active:
-            self.starts += 1
-        self.started = self.active = True
-
-    def stop(self):
-        self.stopped = True
-        self.active = False
-        return defer.succeed(None)
-
-    def announce(self, holderId=OTHER):
-        self.onRelease(holderId)
-
-
 class ZeroJitter:
     def uniform(self, low, high):
         return low
@@ -278,11 +86,11 @@ class ServiceTestCase(SynchronousTestCase):
     Builds a node on a L{Clock} with fakes all round, and says what it did.
     """
 
-    def makeNode(self, client=None, startAt=100.0, **changes):
+    def makeNode(self, client=None, startAt=100.0, monotonic=None, randomSource=None, **changes):
         self.clock = Clock()
         self.clock.advance(startAt)
-        self.client = client or FakeClient()
-        self.lock = FakeLock(self.clock)
+        self.client = client or FakeRedisClient()
+        self.lock = FakeLease(self.clock, LOCK_NAME, HOLDER)
         self.children = []
         self.config = makeConfig(**changes)
 
@@ -291,7 +99,7 @@ class ServiceTestCase(SynchronousTestCase):
         def childFactory(reactor, argv, environment, stopSignal, killGrace, killBy, monotonic, shell, containment):
             self.assertIs(reactor, self.clock)
             self.assertIs(containment, self.containment)
-            child = FakeChild(self.clock, argv, environment, stopSignal, killGrace, killBy, monotonic, shell)
+            child = FakeRun(self.clock, argv, environment, stopSignal, killGrace, killBy, monotonic, shell)
             self.children.append(child)
             return child
 
@@ -300,8 +108,8 @@ class ServiceTestCase(SynchronousTestCase):
             reactor=self.clock,
             client=self.client,
             lock=self.lock,
-            monotonic=self.clock.seconds,
-            randomSource=ZeroJitter(),
+            monotonic=monotonic or self.clock.seconds,
+            randomSource=randomSource or ZeroJitter(),
             childFactory=childFactory,
             listenerFactory=self.makeListener,
             containment=self.containment,
@@ -389,22 +197,22 @@ class ServiceTestCase(SynchronousTestCase):
 
 class StartUpTests(ServiceTestCase):
     def test_redisUnreachableAtStartUpExits68(self):
-        self.startNode(client=FakeClient(info=RedisUnreachable("redis.example:6379: Connection refused")))
+        self.startNode(client=FakeRedisClient(default=RedisUnreachable("redis.example:6379: Connection refused")))
         self.assertFinished(EX_NOHOST)
         self.assertEqual(self.lock.calls, [])
         self.assertEqual(self.children, [])
 
     def test_redisTooOldExits76(self):
-        self.startNode(client=FakeClient(info="redis_version:2.6.0\r\n"))
+        self.startNode(client=FakeRedisClient(default="redis_version:2.6.0\r\n"))
         self.assertFinished(EX_PROTOCOL)
         self.assertEqual(self.lock.calls, [])
 
     def test_oldestSupportedRedisIsAccepted(self):
-        self.startNode(client=FakeClient(info=b"redis_version:2.6.12\r\n"))
+        self.startNode(client=FakeRedisClient(default=b"redis_version:2.6.12\r\n"))
         self.assertEqual(self.node.state, NodeState.STANDBY)
 
     def test_noVersionInInfoExits76(self):
-        self.startNode(client=FakeClient(info="# Server\r\nuptime_in_seconds:3\r\n"))
+        self.startNode(client=FakeRedisClient(default="# Server\r\nuptime_in_seconds:3\r\n"))
         self.assertFinished(EX_PROTOCOL)
 
     def test_startUpAsksInfoServerThenTriesAtOnce(self):
@@ -414,7 +222,7 @@ class StartUpTests(ServiceTestCase):
         self.assertTimes(self.lock.sent("acquire"), [12.5])
 
     def test_whenFinishedAfterTheEndFiresAtOnce(self):
-        self.startNode(client=FakeClient(info=RedisUnreachable("down")))
+        self.startNode(client=FakeRedisClient(default=RedisUnreachable("down")))
         codes = []
         self.node.whenFinished().addCallback(codes.append)
         self.assertEqual(codes, [EX_NOHOST])
@@ -435,8 +243,6 @@ class StandbyTests(ServiceTestCase):
         self.assertTimes(self.lock.sent("acquire"), [10.0, 10.701])
 
     def test_nextAttemptJitterIsAdded(self):
-        self.makeNode(startAt=10.0)
-
         class Jitter:
             calls = []
 
@@ -444,7 +250,7 @@ class StandbyTests(ServiceTestCase):
                 self.calls.append((low, high))
                 return high
 
-        self.node._random = Jitter()
+        self.makeNode(startAt=10.0, randomSource=Jitter())
         self.node.startService()
         self.lock.answer("acquire", Attempt(False, 6, 700, OTHER))
         self.assertEqual(Jitter.calls, [(0, ATTEMPT_SPREAD)])
@@ -548,13 +354,11 @@ class StandbyTests(ServiceTestCase):
         self.assertEqual(self.listeners, [])
 
     def test_releaseAnnouncedTriesAtOnceWithinTheSpread(self):
-        self.makeNode(startAt=10.0)
-
         class Spread:
             def uniform(self, low, high):
                 return high
 
-        self.node._random = Spread()
+        self.makeNode(startAt=10.0, randomSource=Spread())
         self.node.startService()
         self.lock.answer("acquire", Attempt(False, 6, 4000, OTHER))
         self.advanceTo(11.0)
@@ -628,8 +432,7 @@ class AcquisitionTests(ServiceTestCase):
         The guard's kill-by is on the monotonic clock, which need not agree
         with the reactor's.
         """
-        self.makeNode(startAt=10.0)
-        self.node._monotonic = lambda: self.clock.seconds() + 5000.0
+        self.makeNode(startAt=10.0, monotonic=lambda: self.clock.seconds() + 5000.0)
         self.node.startService()
         self.lock.answer("acquire", Attempt(True, 7, 5000, HOLDER))
         self.assertAlmostEqual(self.children[0].killBy, 5014.9, places=PLACES)

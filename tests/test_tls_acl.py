@@ -140,7 +140,7 @@ def test_acl_user_with_exactly_the_commands_a_node_needs(workdir):
             cluster.waitForStarts(1)
             cluster.configPath = fileConfig
             second = cluster.addNode()
-            second.waitForLog("waiting for lock")
+            second.waitForLog("standing by for lock")
             time.sleep(1.0)  # refreshes; the standby's attempts
             assert first.running and second.running, cluster.logs()
 

@@ -234,7 +234,7 @@ class UnixSocketUrlTests(TestCase):
         client = RedisClient(reactor, config.redis)
         self.addCleanup(client.close)
         lock = RedisLock(client, "beatcop-unix", 5000, holderId="unix-node")
-        attempt = yield lock.acquire()
+        attempt = yield lock.acquire(initialize=True)
         self.assertTrue(attempt.acquired)
         self.assertEqual(self.server.client(unixSocket=True, db=database).get("beatcop-unix"), "unix-node")
         self.assertIsNone(self.server.client(unixSocket=True, db=0).get("beatcop-unix"))

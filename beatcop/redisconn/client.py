@@ -1,316 +1,40 @@
 """
-One connection to Redis, made and remade on demand, with every command
-bounded by a reply deadline on an injected clock.
-
-txredisapi's connection functions keep a pool that reconnects on its own
-schedule and read the global reactor; a lease needs the opposite: BeatCop
-decides when to reconnect (on the next refresh), and every wait has a deadline
-that a test can drive with L{twisted.internet.task.Clock}.  So this module
-uses txredisapi only for what it is good at, the RESP protocol
-(L{txredisapi.RedisProtocol}), and owns the connecting itself.
-
-Where the connection goes depends on the topology (L{RedisClient}):
-
-  - one server (TCP, TLS or a unix socket), or a proxy in front of some;
-  - Redis Cluster: the first seed that answers, then the master that serves
-    the lock's slot, found by following C{MOVED} (all of a lock's keys share
-    one slot); C{ASK} is followed for one command (C{ASKING} first), and
-    C{TRYAGAIN}/C{CLUSTERDOWN} are retried while the command's reply
-    deadline allows;
-  - Redis Sentinel: the sentinels name the master (C{SENTINEL
-    get-master-addr-by-name}), which must say it is one (C{ROLE}); every
-    reconnection asks again, so a failover is followed.
-
-Every command has one deadline, the reply timeout from when it is first
-sent: redirections and retries happen within it, never after (the lease
-arithmetic counts on a refresh being answered or failed by then).  Only
-error replies that say the command was I{not} run (MOVED, ASK, TRYAGAIN,
-CLUSTERDOWN, LOADING, READONLY...) are retried; a command whose connection
-broke after it was sent is failed, never sent again.
-
-With C{wait_replicas}, every script (C{EVAL}/C{EVALSHA}, the only commands
-of a lock that write) is followed on the same connection by C{WAIT n
-timeout}, and its reply counts only if C{n} replicas acknowledged it.
+The Redis client: one connection to the Redis that holds the lock, made and
+remade on demand, with every command bounded by a reply deadline on an
+injected clock (see the package's docstring for the whole story).  Cluster
+routing and Sentinel discovery are mixed in from L{cluster} and
+L{sentinel}; the RESP protocol is L{resp}'s.
 """
 
 import os
 
 from twisted.internet import defer, error as internetError
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
-from twisted.internet.interfaces import IHandshakeListener
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import alsoProvides
+from zope.interface import implementer
 
-import txredisapi
-
-from .errors import (
-    EX_CONFIG,
-    EX_NOPERM,
-    EX_UNAVAILABLE,
-    BeatCopError,
-    RedisProtocolError,
-    RedisUnreachable,
-)
-
-
-class RedisCommandError(RedisProtocolError):
-    """
-    Redis answered a command with an error reply (C{-ERR ...}).
-
-    @ivar reply: the error text as Redis sent it.
-    """
-
-    def __init__(self, reply, message=None, exitCode=None):
-        super().__init__(message or f"Redis replied with an error: {reply}", exitCode=exitCode)
-        self.reply = reply
-
-
-class RedisTimeout(RedisUnreachable):
-    """
-    Redis did not answer within the reply (or connect) deadline.
-    """
-
-
-class RedisNotReady(RedisUnreachable):
-    """
-    Redis kept answering that it cannot run the command now (Cluster down or
-    not serving the key's slot, a slot being migrated, loading its data, a
-    replica without its master) until the command's deadline.
-    """
-
-
-class RedisTLSError(RedisProtocolError):
-    """
-    The TLS handshake failed: Redis's certificate is not trusted or does not
-    match its name, or Redis refused ours.
-    """
-
-    exitCode = EX_NOPERM
-
-
-class RedisReplicationError(BeatCopError):
-    """
-    A write was acknowledged by fewer replicas than C{wait_replicas} within
-    C{wait_timeout}: it does not count (the lease is not proven by it).
-    """
-
-    exitCode = EX_UNAVAILABLE
-
-
-class SentinelServiceUnknown(BeatCopError):
-    """
-    The sentinels that answered know no master of the configured name.
-    """
-
-    exitCode = EX_CONFIG
-
+from ..errors import EX_NOPERM, BeatCopError, RedisProtocolError, RedisUnreachable
+from ..interfaces import IRedisClient
+from .cluster import _MAX_REDIRECTS, ClusterRouting, _parseNode
+from .errors import RedisCommandError, RedisNotReady, RedisReplicationError, RedisTimeout, RedisTLSError
+from .resp import ConnectionBroken, ErrorReply, RedisProtocol, _SingleConnectionFactory, _abort, _close, _hostPort
+from .sentinel import SentinelDiscovery
+from .tls import _isTLSFailure, _describeTLSFailure, _TLSSettings
 
 # Error replies after which a command was certainly not run and may be sent
 # again within its deadline (after a short pause).
 _RETRY_LATER = ("TRYAGAIN", "CLUSTERDOWN", "LOADING", "MASTERDOWN")
+
+
 _FIRST_PAUSE = 0.01
+
+
 _LONGEST_PAUSE = 0.1
-_MAX_REDIRECTS = 5
-# Cluster nodes learned from redirections, kept besides the seeds.
-_MAX_KNOWN_NODES = 64
+
 
 # Commands that write, and so are followed by WAIT with wait_replicas.
 _WRITES = frozenset({"EVAL", "EVALSHA"})
-
-
-def _isTLSFailure(reason):
-    if reason is None:
-        return False
-    try:
-        from OpenSSL import SSL
-    except ImportError:  # pragma: no cover - TLS not installed
-        return False
-    try:
-        from service_identity.exceptions import VerificationError
-    except ImportError:  # pragma: no cover
-        VerificationError = SSL.Error
-    return reason.check(SSL.Error, VerificationError) is not None
-
-
-def _describeTLSFailure(reason):
-    """
-    What went wrong in a TLS handshake, in a few words.
-    """
-    value = reason.value
-    try:
-        from OpenSSL import SSL
-    except ImportError:  # pragma: no cover
-        SSL = None
-    if SSL is not None and isinstance(value, SSL.Error):
-        details = []
-        for entry in value.args[0] if value.args and isinstance(value.args[0], list) else []:
-            if isinstance(entry, tuple) and entry:
-                details.append(str(entry[-1]))
-        text = "; ".join(d for d in details if d) or str(value) or "handshake failed"
-        if "certificate required" in text or "bad certificate" in text or "unknown ca" in text:
-            text += " (Redis refused our client certificate, or wants one: see tls_cert_file and tls_key_file)"
-        elif "certificate verify failed" in text:
-            text += " (Redis's certificate is not signed by a trusted CA: see tls_ca_file)"
-        return text
-    errors = getattr(value, "errors", None)
-    if errors:
-        names = []
-        for mismatch in errors:
-            identity = getattr(mismatch, "mismatched_id", None)
-            name = getattr(identity, "hostname", getattr(identity, "ip", identity))
-            names.append(name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name))
-        return (
-            f"Redis's certificate does not match the name {', '.join(names)}"
-            f" (see tls_server_name)"
-        )
-    return str(value) or reason.type.__name__
-
-
-class _SingleConnectionFactory(Factory):
-    """
-    Builds exactly one L{txredisapi.RedisProtocol} and reports when it is
-    ready (TLS handshake, AUTH and SELECT done) or why it could not be.
-
-    L{txredisapi.RedisProtocol.connectionMade} calls C{stopTrying} and
-    C{connectionError} on its factory when AUTH or SELECT fail, so those are
-    the two hooks this factory provides.
-    """
-
-    isLazy = False
-    noisy = False
-
-    def __init__(self, clock, username=None, password=None, database=None,
-                 protocolClass=txredisapi.RedisProtocol, tls=False, address="Redis"):
-        self.clock = clock
-        self.username = username
-        self.password = password
-        self.database = database
-        self.protocolClass = protocolClass
-        self.address = address
-        self.ready = defer.Deferred()
-        self._redisReady = None
-        self._handshakeDone = not tls
-
-    def buildProtocol(self, addr):
-        proto = self.protocolClass(
-            charset="utf-8",
-            replyTimeout=None,  # deadlines are ours, on our clock
-            password=self.password,
-            dbid=self.database or None,
-            convertNumbers=True,
-            username=self.username,
-        )
-        proto.factory = self
-        proto.callLater = self.clock.callLater
-        proto.lostReason = None
-        # Whether Redis ever answered on this connection (AUTH and SELECT
-        # count): a connection closed after that was not a TLS mismatch.
-        proto.answered = False
-        originalConnectionLost = proto.connectionLost
-
-        def connectionLost(reason):
-            # Kept so that a command that fails because the connection broke
-            # can say why (a TLS alert after the handshake, for instance).
-            proto.lostReason = reason
-            if not self.ready.called and _isTLSFailure(reason):
-                self.ready.errback(
-                    RedisTLSError(f"{self.address}: TLS handshake failed: {_describeTLSFailure(reason)}")
-                )
-            originalConnectionLost(reason)
-
-        proto.connectionLost = connectionLost
-        if not self._handshakeDone:
-            alsoProvides(proto, IHandshakeListener)
-            proto.handshakeCompleted = self._handshakeCompleted
-        proto.whenConnected().addCallback(self._connected)
-        return proto
-
-    @property
-    def handshakeDone(self):
-        return self._handshakeDone
-
-    def _handshakeCompleted(self):
-        self._handshakeDone = True
-        self._maybeReady()
-
-    def _connected(self, proto):
-        proto.answered = bool(self.password or self.database)
-        self._redisReady = proto
-        self._maybeReady()
-
-    def _maybeReady(self):
-        if self._handshakeDone and self._redisReady is not None and not self.ready.called:
-            self.ready.callback(self._redisReady)
-
-    def stopTrying(self):
-        pass
-
-    def connectionError(self, why):
-        if self.ready.called:
-            return
-        exitCode = EX_NOPERM if "auth" in why.lower() else None
-        self.ready.errback(RedisProtocolError(f"{self.address}: {why}", exitCode=exitCode))
-
-
-class _TLSSettings:
-    """
-    The certificates of a TLS configuration, read once.
-    """
-
-    def __init__(self, redisConfig):
-        from twisted.internet import ssl
-
-        self._ssl = ssl
-        self.config = redisConfig
-        self.trustRoot = None
-        self.clientCertificate = None
-        if redisConfig.tlsCaFile:
-            with open(redisConfig.tlsCaFile, "rb") as f:
-                certificates = [ssl.Certificate.loadPEM(block) for block in _pemBlocks(f.read(), b"CERTIFICATE")]
-            self.trustRoot = ssl.trustRootFromCertificates(certificates)
-        if redisConfig.tlsCertFile:
-            with open(redisConfig.tlsCertFile, "rb") as f:
-                data = f.read()
-            if redisConfig.tlsKeyFile and redisConfig.tlsKeyFile != redisConfig.tlsCertFile:
-                with open(redisConfig.tlsKeyFile, "rb") as f:
-                    data += b"\n" + f.read()
-            self.clientCertificate = ssl.PrivateCertificate.loadPEM(data)
-
-    def creatorFor(self, host):
-        ssl = self._ssl
-        if not self.config.tlsVerify:
-            options = {}
-            if self.clientCertificate is not None:
-                options = dict(
-                    privateKey=self.clientCertificate.privateKey.original,
-                    certificate=self.clientCertificate.original,
-                )
-            return ssl.CertificateOptions(verify=False, **options)
-        return ssl.optionsForClientTLS(
-            self.config.tlsServerName or host,
-            trustRoot=self.trustRoot,
-            clientCertificate=self.clientCertificate,
-        )
-
-
-def _pemBlocks(data, kind):
-    """
-    The PEM blocks of one kind (e.g. C{b"CERTIFICATE"}) in C{data}.
-    """
-    begin, end = b"-----BEGIN " + kind + b"-----", b"-----END " + kind + b"-----"
-    blocks = []
-    position = 0
-    while True:
-        start = data.find(begin, position)
-        if start == -1:
-            return blocks
-        stop = data.find(end, start)
-        if stop == -1:
-            return blocks
-        position = stop + len(end)
-        blocks.append(data[start:position] + b"\n")
 
 
 def endpointFor(reactor, redisConfig, unixSocket=None, host=None, port=None, tls=None):
@@ -334,11 +58,10 @@ def endpointFor(reactor, redisConfig, unixSocket=None, host=None, port=None, tls
     return endpoint
 
 
-def _hostPort(host, port):
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-class RedisClient:
+@implementer(IRedisClient)
+class RedisClient(ClusterRouting, SentinelDiscovery):
     """
     A single, lazily (re)made connection to the Redis that holds the lock.
 
@@ -352,10 +75,11 @@ class RedisClient:
 
     log = Logger()
 
-    def __init__(self, reactor, redisConfig, unixSocket=None, endpoint=None, protocolClass=txredisapi.RedisProtocol):
+    def __init__(self, reactor, redisConfig, unixSocket=None, endpoint=None, protocolClass=RedisProtocol):
         """
-        @param protocolClass: a L{txredisapi.RedisProtocol} subclass, e.g.
-            a L{txredisapi.SubscriberProtocol} for a pub/sub connection.
+        @param protocolClass: L{resp.RedisProtocol}, or
+            L{resp.SubscriberProtocol} (or a subclass) for a pub/sub
+            connection.
         """
         self._reactor = reactor
         self._config = redisConfig
@@ -379,7 +103,27 @@ class RedisClient:
             self._endpoint = endpointFor(reactor, redisConfig, unixSocket)
         self._connecting = None
         self._connectWaiters = []
+        self._unixSocket = unixSocket
+        self._givenEndpoint = endpoint
         self.address = f"unix://{unixSocket}" if unixSocket else redisConfig.describe()
+
+    def sibling(self, protocolClass):
+        """
+        Another client to the same Redis, with the same endpoint,
+        credentials and deadlines, speaking C{protocolClass} (a subscribed
+        connection can do nothing else, so it needs one of its own).
+        """
+        return RedisClient(
+            self._reactor, self._config, unixSocket=self._unixSocket, endpoint=self._givenEndpoint,
+            protocolClass=protocolClass,
+        )
+
+    @property
+    def timing(self):
+        """
+        The configuration's durations, in seconds.
+        """
+        return self._config.timing
 
     @property
     def cluster(self):
@@ -392,8 +136,6 @@ class RedisClient:
     @property
     def connected(self):
         return self._connection is not None and self._connection.connected
-
-    # -- connecting ------------------------------------------------------
 
     def connect(self):
         """
@@ -458,151 +200,12 @@ class RedisClient:
         scheme = "rediss" if self._config.tls else "redis"
         return f"{scheme}://{_hostPort(host, port)} ({what})"
 
-    def _useNode(self, host, port):
-        self._node = (host, port)
-        self.address = self._nodeAddress(host, port, "cluster")
-
-    def _learnNode(self, node):
-        if node not in self._clusterNodes and len(self._clusterNodes) < _MAX_KNOWN_NODES:
-            self._clusterNodes.append(node)
-
     def _openNode(self, host, port, what="cluster"):
         return self._open(
             self._nodeEndpoint(host, port),
             self._nodeAddress(host, port, what),
             database=0 if what == "cluster" else self._config.database,
         )
-
-    def _connectToCluster(self):
-        """
-        The node that served the slot last, else (or if it is gone, failed
-        over) the first seed or known node that answers.
-        """
-        if self._node is not None:
-            host, port = self._node
-            d = self._openNode(host, port)
-
-            def elsewhere(failure):
-                failure.trap(RedisUnreachable)
-                self.log.warn("Redis Cluster: {error}; asking the other nodes", error=str(failure.value))
-                self._node = None
-                self._failedNodes[(host, port)] = str(failure.value)
-                others = [node for node in self._clusterNodes if node != (host, port)]
-                return self._connectToSeeds(others or list(self._clusterNodes))
-
-            d.addCallback(self._nodeAnswered, (host, port))
-            return d.addErrback(elsewhere)
-        return self._connectToSeeds(list(self._clusterNodes))
-
-    def _nodeAnswered(self, proto, node):
-        self._failedNodes.pop(node, None)
-        return proto
-
-    def _connectToSeeds(self, seeds):
-        """
-        Connect to the first seed node that answers.
-        """
-        host, port = seeds.pop(0)
-        self._useNode(host, port)
-        d = self._openNode(host, port)
-        d.addCallback(self._nodeAnswered, (host, port))
-        if seeds:
-
-            def nextSeed(failure):
-                failure.trap(RedisUnreachable)
-                self.log.warn("Redis Cluster seed: {error}", error=str(failure.value))
-                return self._connectToSeeds(seeds)
-
-            d.addErrback(nextSeed)
-        return d
-
-    @defer.inlineCallbacks
-    def _connectThroughSentinels(self):
-        """
-        Ask the sentinels where the master is, connect to it, and check that
-        it says it is the master.
-        """
-        config = self._config
-        host, port = yield self._askSentinels()
-        self.address = self._nodeAddress(host, port, f"master of {config.serviceName!r}")
-        proto = yield self._openNode(host, port, what=f"master of {config.serviceName!r}")
-        try:
-            role = yield self._sendSimple(proto, ("ROLE",), config.connectTimeout / 1000.0, self.address)
-        except BeatCopError:
-            _abort(proto)
-            raise
-        if not isinstance(role, list) or not role or role[0] != "master":
-            _abort(proto)
-            what = role[0] if isinstance(role, list) and role and isinstance(role[0], str) else repr(role)
-            raise RedisUnreachable(
-                f"{self.address}: the sentinels name it the master, but it is a {what}"
-                f" (a failover in progress?)"
-            )
-        return proto
-
-    @defer.inlineCallbacks
-    def _askSentinels(self):
-        """
-        The master's C{(host, port)}, from the first sentinel that knows it
-        (which is asked first next time).
-        """
-        config = self._config
-        timeout = config.connectTimeout / 1000.0
-        problems = []
-        unknown = []
-        refused = None
-        for sentinel in list(self._sentinels):
-            host, port = sentinel
-            where = f"sentinel {_hostPort(host, port)}"
-            try:
-                proto = yield self._open(
-                    self._nodeEndpoint(host, port),
-                    where,
-                    username=config.sentinelUsername,
-                    password=config.sentinelPassword,
-                    database=0,
-                    protocolClass=txredisapi.RedisProtocol,
-                )
-            except RedisTLSError:
-                raise
-            except RedisProtocolError as e:
-                if e.exitCode == EX_NOPERM:
-                    refused = e
-                problems.append(str(e))
-                continue
-            except RedisUnreachable as e:
-                problems.append(str(e))
-                continue
-            try:
-                reply = yield self._sendSimple(
-                    proto, ("SENTINEL", "get-master-addr-by-name", config.serviceName), timeout, where
-                )
-            except BeatCopError as e:
-                problems.append(str(e))
-                continue
-            finally:
-                _close(proto)
-            if not reply:
-                unknown.append(where)
-                continue
-            try:
-                masterHost, masterPort = str(reply[0]), int(reply[1])
-            except (TypeError, ValueError, IndexError):
-                problems.append(f"{where}: unexpected reply {reply!r}")
-                continue
-            if self._sentinels[0] != sentinel:
-                self._sentinels.remove(sentinel)
-                self._sentinels.insert(0, sentinel)
-            return masterHost, masterPort
-        if refused is not None:
-            raise refused
-        if unknown:
-            raise SentinelServiceUnknown(
-                f"no sentinel knows a master named {config.serviceName!r}"
-                f" (asked {', '.join(unknown)}); check [redis] service_name"
-                + (f"; {'; '.join(problems)}" if problems else "")
-            )
-        raise RedisUnreachable(f"no sentinel answered: {'; '.join(problems)}")
 
     def _open(self, endpoint, address, username=None, password=None, database=None, protocolClass=None):
         """
@@ -660,8 +263,6 @@ class RedisClient:
         d.addTimeout(timeout, self._reactor)
         d.addErrback(failed)
         return d
-
-    # -- commands --------------------------------------------------------
 
     def execute(self, *args):
         """
@@ -808,7 +409,7 @@ class RedisClient:
             commands.append(("WAIT", config.waitReplicas, config.waitTimeout))
         try:
             replies = [proto.execute_command(*command) for command in commands]
-        except txredisapi.ConnectionError as e:
+        except ConnectionBroken as e:
             if proto is self._connection:
                 self._connection = None
             return defer.fail(self._connectionFailure(proto, address, e))
@@ -855,11 +456,11 @@ class RedisClient:
         return settled
 
     def _replyFailure(self, proto, address, failure, command):
-        if failure.check(txredisapi.ConnectionError) or failure.check(defer.TimeoutError):
+        if failure.check(ConnectionBroken) or failure.check(defer.TimeoutError):
             if proto is self._connection:
                 self._connection = None
             return Failure(self._connectionFailure(proto, address, failure.value, command))
-        if failure.check(txredisapi.ResponseError):
+        if failure.check(ErrorReply):
             proto.answered = True
             reply = str(failure.value)
             if reply.startswith(("NOAUTH", "WRONGPASS")):
@@ -900,7 +501,7 @@ class RedisClient:
         """
         try:
             reply = proto.execute_command(*args)
-        except txredisapi.ConnectionError as e:
+        except ConnectionBroken as e:
             return defer.fail(self._connectionFailure(proto, address, e))
         reply.addTimeout(timeout, self._reactor)
 
@@ -908,9 +509,9 @@ class RedisClient:
             if failure.check(defer.TimeoutError, defer.CancelledError):
                 _abort(proto)
                 raise RedisTimeout(f"{address}: no reply to {args[0]} within {timeout:g} s")
-            if failure.check(txredisapi.ConnectionError):
+            if failure.check(ConnectionBroken):
                 raise self._connectionFailure(proto, address, failure.value)
-            if failure.check(txredisapi.ResponseError):
+            if failure.check(ErrorReply):
                 raise RedisCommandError(str(failure.value), f"{address}: {args[0]} refused: {failure.value}")
             return failure
 
@@ -946,32 +547,8 @@ def _hint(kind):
     return ""
 
 
-def _abort(proto):
-    if proto is not None and proto.transport is not None:
-        proto.transport.abortConnection()
 
 
-def _close(proto):
-    if proto is not None and proto.transport is not None:
-        proto.transport.loseConnection()
-
-
-def _parseNode(text, current):
-    """
-    The C{(host, port)} of a redirection's C{host:port} (an empty host
-    means the node that answered).
-    """
-    host, _, port = text.rpartition(":")
-    try:
-        port = int(port)
-    except ValueError:
-        return None
-    host = host.strip("[]")
-    if not host:
-        if current is None:
-            return None
-        host = current[0]
-    return host, port
 
 
 def _describeConnectError(failure):

@@ -1,0 +1,439 @@
+"""
+BeatCop's protocol in Redis, in one place: the keys of a lock, every Lua
+script the nodes and the C{beatcop} command run, the node registry's entry
+format and its time windows.  The Lua and the Python that writes or reads
+what the Lua reads share these definitions: nothing is agreed by accident
+(a JSON separator, a window recomputed in Lua).
+
+Keys (all in the lock's Redis Cluster hash slot, see L{companionName}):
+
+  - C{LOCK}: the holder's id, with the lease's expiry;
+  - C{{LOCK}:fence}: the fencing counter, which only grows;
+  - C{{LOCK}:nodes}: the node registry, a hash of holder id -> entry
+    (L{encodeEntry}: C{"<seen ms> <state> <json>"}, the seen time being
+    Redis's clock, the one every node and the status command share);
+  - C{{LOCK}:paused}: present while an operator paused the command;
+  - C{{LOCK}:handover}: the holder id an operator asked to hand over;
+  - channel C{{LOCK}:released}: a holder's id, published as it releases.
+
+Everything that must be atomic is one script (see each script's comment),
+run by EVALSHA, falling back to EVAL on NOSCRIPT (Redis restarted or failed
+over and lost its script cache).
+"""
+
+import binascii
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+
+from .redisconn import RedisCommandError
+
+# The lock's value while a standby holds it back after Redis lost its data.
+LOST_DATA = "beatcop:lost-data"
+# The holder in an acquisition's reply while an operator paused the lock ...
+PAUSED = "beatcop:paused"
+# ... and when Redis has no fencing counter for it.
+EMPTY = "beatcop:empty"
+
+# The states a node's registry entry may say (NodeState values); ranks count
+# only STANDBY.
+STANDBY = "standby"
+
+
+# -- keys ------------------------------------------------------------------
+
+
+def clusterSlot(key):
+    """
+    The Redis Cluster hash slot of a key that has no hash tag: CRC16/XMODEM
+    of its UTF-8 bytes (what Redis sees), modulo 16384.
+    """
+    return binascii.crc_hqx(key.encode("utf-8"), 0) % 16384
+
+
+def companionName(lockName, suffix):
+    """
+    A name beside the lock's that shares its Redis Cluster hash slot: a key
+    without braces hashes whole, so C{{name}:suffix} hashes like C{name}; a
+    name that has a hash tag already keeps it.
+
+    A name with a C{}} but no hash tag (C{a}b}, C{{}x}) also hashes whole,
+    and no hash tag can spell it (a tag ends at the first C{}}), so its
+    companion is C{name:suffix:N} with the smallest N that lands in the same
+    slot.
+    """
+    start = lockName.find("{")
+    end = lockName.find("}", start + 1)
+    if start != -1 and end > start + 1:
+        return f"{lockName}:{suffix}"
+    if "}" in lockName:
+        slot = clusterSlot(lockName)
+        prefix = binascii.crc_hqx(f"{lockName}:{suffix}:".encode("utf-8"), 0)
+        for n in itertools.count():
+            if binascii.crc_hqx(str(n).encode("ascii"), prefix) % 16384 == slot:
+                return f"{lockName}:{suffix}:{n}"
+    return f"{{{lockName}}}:{suffix}"
+
+
+@dataclass(frozen=True)
+class LockKeys:
+    """
+    Every key (and the channel) of one lock.
+    """
+
+    lock: str
+    fence: str
+    registry: str
+    paused: str
+    handover: str
+    released: str
+
+    @classmethod
+    def of(cls, lockName):
+        return cls(
+            lock=lockName,
+            fence=companionName(lockName, "fence"),
+            registry=companionName(lockName, "nodes"),
+            paused=companionName(lockName, "paused"),
+            handover=companionName(lockName, "handover"),
+            released=companionName(lockName, "released"),
+        )
+
+    def forScripts(self):
+        """
+        The KEYS of the node's scripts, in their order.
+        """
+        return (self.lock, self.fence, self.registry, self.paused, self.handover)
+
+
+# -- the registry ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Windows:
+    """
+    The registry's time windows, in milliseconds, all from a node's longest
+    wait between two writes of its entry (C{max(ttl, standby_max_wait)}: a
+    standby writes with every attempt, a holder with every refresh):
+
+    @ivar live: an entry seen within this counts in a standby's rank.
+    @ivar silent: a node not seen for longer is shown as silent (dead or
+        cut off) by C{beatcop status}.
+    @ivar stale: a node not seen for longer is left out altogether.
+    @ivar keep: the registry hash outlives its last write by this much.
+    @ivar handover: an operator's handover request expires after this.
+    """
+
+    live: int
+    silent: int
+    stale: int
+    keep: int
+    handover: int
+
+    @classmethod
+    def of(cls, ttl, standbyMaxWait=None):
+        """
+        @param ttl: the lease in ms.
+        @param standbyMaxWait: the longest wait between a standby's attempts
+            in ms (default the TTL).
+        """
+        longest = max(ttl, standbyMaxWait or ttl)
+        return cls(
+            live=longest + 500,
+            silent=longest + 500,
+            stale=2 * longest + 1000,
+            keep=3 * longest,
+            handover=2 * ttl + 5000,
+        )
+
+
+def encodeEntry(info):
+    """
+    A node's state for its registry entry, without the seen time (the
+    script puts Redis's clock in front): C{"<state> <json>"}.  The state
+    comes first, as a plain word, so that Lua reads it without parsing JSON.
+    """
+    state = str(info.get("state", "")) or "?"
+    if " " in state:
+        raise ValueError(f"a state is one word: {state!r}")
+    return f"{state} {json.dumps(info, sort_keys=True)}"
+
+
+@dataclass(frozen=True)
+class Entry:
+    seen: int  # ms, Redis's clock
+    state: str
+    info: dict
+
+
+def decodeEntry(value):
+    """
+    A registry entry as an L{Entry}, or C{None} if it is not one.  Entries
+    of BeatCop 2.0 development builds (C{"<seen> <json>"}) are read too.
+    """
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    seen, _, rest = str(value).partition(" ")
+    try:
+        seen = int(seen)
+        if rest.startswith("{"):
+            info = json.loads(rest)
+            return Entry(seen, str(info.get("state")), info)
+        state, _, text = rest.partition(" ")
+        return Entry(seen, state, json.loads(text))
+    except (ValueError, AttributeError):
+        return None
+
+
+# -- scripts ---------------------------------------------------------------
+
+
+class Script:
+    """
+    A Lua script called by its SHA1, sent in full only when Redis does not
+    know it (NOSCRIPT), or always when C{useEvalSha} is false (for proxies
+    that lack SCRIPT LOAD/EVALSHA).
+    """
+
+    def __init__(self, name, source):
+        self.name = name
+        self.source = source
+        self.sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
+
+    def __call__(self, client, keys, args, useEvalSha=True):
+        if not useEvalSha:
+            return client.execute("EVAL", self.source, len(keys), *keys, *args)
+        d = client.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+
+        def noScript(failure):
+            failure.trap(RedisCommandError)
+            if not failure.value.reply.startswith("NOSCRIPT"):
+                return failure
+            return client.execute("EVAL", self.source, len(keys), *keys, *args)
+
+        d.addErrback(noScript)
+        return d
+
+
+# The node's scripts share one argument layout (ARGV):
+#   1 holder id, 2 ttl ms, 3 a token (the highest seen, or the run's),
+#   4 this node's registry entry (encodeEntry; '' to leave it), 5 the
+#   registry's keep ms, 6 '1' to initialize a lock with no fencing counter,
+#   7 the live window ms (Windows.live).
+def nodeArguments(holderId, ttl, token, entry, windows, initialize):
+    return (holderId, int(ttl), int(token), entry, windows.keep, "1" if initialize else "0", windows.live)
+
+
+_NOW = """
+local function now()
+  local t = redis.call('TIME')
+  return t[1] * 1000 + math.floor(t[2] / 1000)
+end
+"""
+
+# Record this node (KEYS[3], ARGV[1]) as "<seen> <ARGV[4]>".
+_REGISTER_FUNCTION = """
+local function register()
+  if ARGV[4] == '' then return end
+  if redis.replicate_commands then redis.replicate_commands() end
+  redis.call('HSET', KEYS[3], ARGV[1], now() .. ' ' .. ARGV[4])
+  redis.call('PEXPIRE', KEYS[3], ARGV[5])
+end
+"""
+
+# A standby's place in line: how many live standbys (entries that say
+# "standby", seen within ARGV[7] ms) have a smaller id.  The first in line
+# tries right when the lock frees, the others a little later each (see
+# beatcop.standby), so that a hundred standbys do not all hit Redis in the
+# same instant; whoever is first still wins at once.  A holder that crashed
+# or is stopping still has a fresh entry, but will never try: not counted.
+_RANK_FUNCTION = """
+local function rank()
+  local entries = redis.call('HGETALL', KEYS[3])
+  if #entries == 0 then return 0 end
+  local t = now()
+  local live = tonumber(ARGV[7])
+  local holder = redis.call('GET', KEYS[1])
+  local before = 0
+  for i = 1, #entries, 2 do
+    local id = entries[i]
+    if id < ARGV[1] and id ~= holder then
+      local seen, state = string.match(entries[i + 1], '^(%d+) (%S+) ')
+      if state == 'standby' and t - tonumber(seen) <= live then
+        before = before + 1
+      end
+    end
+  end
+  return before
+end
+"""
+
+ACQUIRE = Script(
+    "acquire",
+    """
+-- KEYS[1] lock, KEYS[2] fencing counter, KEYS[3] registry, KEYS[4] pause
+-- flag; ARGV as in beatcop.protocol.nodeArguments, ARGV[3] the highest
+-- token this node has seen (0 if none): the counter never goes below it, so
+-- tokens keep growing even if Redis lost the counter.
+"""
+    + _NOW
+    + _REGISTER_FUNCTION
+    + _RANK_FUNCTION
+    + """register()
+local floor = tonumber(ARGV[3])
+if floor == 0 and ARGV[6] ~= '1' and not redis.call('GET', KEYS[2]) then
+  -- No counter, and this node never saw a token: a lock never used, or a
+  -- Redis that lost its data while a holder may still run its command.  The
+  -- two look the same, so the caller waits one lease (seeing this) before it
+  -- may initialize the lock (ARGV[6] = '1'); a live holder reclaims first.
+  return {0, 0, -4, 'beatcop:empty', rank()}
+end
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  -- Paused by an operator: nobody acquires until resumed.
+  return {0, tonumber(redis.call('GET', KEYS[2]) or '0'), -3, 'beatcop:paused'}
+end
+if floor > 0 and not redis.call('GET', KEYS[2]) then
+  -- The counter is gone although this node saw a token: Redis lost its data
+  -- (restarted empty, failed over to a stale replica).  The holder may still
+  -- run its command without knowing yet.  Restore the counter and block the
+  -- lock for one lease with a placeholder that only the holder's reclaim may
+  -- replace; if the holder is gone, it expires and the standbys take over.
+  redis.call('SET', KEYS[2], floor)
+  redis.call('SET', KEYS[1], 'beatcop:lost-data', 'NX', 'PX', ARGV[2])
+  return {0, floor, redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[1]), rank()}
+end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  -- Ours already: an earlier attempt of this node was applied after it had
+  -- given up on its answer (a reply timeout).  Take it up, with the token
+  -- that acquisition drew, rather than wait a whole TTL for it to expire.
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {1, math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), floor), tonumber(ARGV[2]), ARGV[1]}
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local token = redis.call('INCR', KEYS[2])
+  if token <= floor then
+    token = floor + 1
+    redis.call('SET', KEYS[2], token)
+  end
+  return {1, token, tonumber(ARGV[2]), ARGV[1]}
+end
+local fence = tonumber(redis.call('GET', KEYS[2]) or '0')
+return {0, fence, redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[1]), rank()}
+""",
+)
+
+RECLAIM = Script(
+    "reclaim",
+    """
+-- KEYS[1] lock, KEYS[2] fencing counter; ARGV[1] holder id, ARGV[2] ttl ms,
+-- ARGV[3] the token our running command holds.  Same reply shape as acquire.
+-- (Not refused while paused: the holder stops its command on its next
+-- refresh anyway, and reclaiming keeps that stop orderly.)
+-- A counter above our token means another node acquired since Redis lost
+-- our key: our lease did not continue, so it cannot be taken back.
+local current = tonumber(redis.call('GET', KEYS[2]) or '0')
+if current > tonumber(ARGV[3]) then
+  return {0, current, redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[1])}
+end
+-- A standby's placeholder after data loss (see acquire) is ours to replace.
+if redis.call('GET', KEYS[1]) == 'beatcop:lost-data' then
+  redis.call('DEL', KEYS[1])
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local token = tonumber(ARGV[3])
+  if tonumber(redis.call('GET', KEYS[2]) or '0') < token then
+    redis.call('SET', KEYS[2], token)
+  end
+  return {1, token, tonumber(ARGV[2]), ARGV[1]}
+end
+local fence = tonumber(redis.call('GET', KEYS[2]) or '0')
+return {0, fence, redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[1])}
+""",
+)
+
+REFRESH = Script(
+    "refresh",
+    """
+-- KEYS[1] lock, KEYS[3] registry, KEYS[4] pause flag, KEYS[5] handover
+-- request.  1: refreshed; 2: refreshed, and an operator asked this holder
+-- to hand over; 3: refreshed, and an operator paused the command; 0: the key
+-- is gone (or a standby's placeholder after data loss stands in its place:
+-- the holder reclaims); -1: someone else holds it.
+"""
+    + _NOW
+    + _REGISTER_FUNCTION
+    + """register()
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  if redis.call('EXISTS', KEYS[4]) == 1 then
+    return 3
+  end
+  if redis.call('GET', KEYS[5]) == ARGV[1] then
+    redis.call('DEL', KEYS[5])
+    return 2
+  end
+  return 1
+elseif holder and holder ~= 'beatcop:lost-data' then
+  return -1
+end
+return 0
+""",
+)
+
+REGISTER = Script(
+    "register",
+    """
+-- Same keys and arguments as acquire and refresh: record this node's state
+-- in the registry now (on a change of state, between attempts/refreshes).
+"""
+    + _NOW
+    + _REGISTER_FUNCTION
+    + """register()
+return 1
+""",
+)
+
+RELEASE = Script(
+    "release",
+    """
+-- KEYS[1] lock; ARGV[1] holder id, ARGV[2] the channel to tell standbys on
+-- ('' for none).  Published in the same step as the DEL, so that a standby
+-- that hears it can take the lock at once.
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  if ARGV[2] ~= '' then
+    redis.call('PUBLISH', ARGV[2], ARGV[1])
+  end
+  return 1
+end
+return 0
+""",
+)
+
+STATUS = Script(
+    "status",
+    """
+-- KEYS[1] lock, KEYS[2] fencing counter, KEYS[3] registry, KEYS[4] pause
+-- flag: one round trip, one consistent picture (beatcop status).
+"""
+    + _NOW
+    + """
+return {
+  redis.call('GET', KEYS[1]) or false,
+  redis.call('PTTL', KEYS[1]),
+  redis.call('GET', KEYS[2]) or false,
+  redis.call('GET', KEYS[4]) or false,
+  redis.call('HGETALL', KEYS[3]),
+  now(),
+}
+""",
+)
+
+
+__all__ = [
+    "LOST_DATA", "PAUSED", "EMPTY", "STANDBY", "clusterSlot", "companionName", "LockKeys", "Windows",
+    "encodeEntry", "decodeEntry", "Entry", "Script", "nodeArguments", "ACQUIRE", "RECLAIM", "REFRESH",
+    "REGISTER", "RELEASE", "STATUS",
+]

@@ -1,0 +1,5 @@
+# The example's tests import the application beside them.
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
