@@ -159,6 +159,10 @@ def _run(reactor, options):
     from . import control
 
     config = _loadConfig(options)
+    if not config.redis.tls:
+        from .lean import withoutTls
+
+        withoutTls()
     from .startup import prepareClient
 
     client = prepareClient(reactor, config, startEmbedded=False)

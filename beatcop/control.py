@@ -112,6 +112,12 @@ def readStatus(client, config):
             "host", "pid", "state", "token", "since", "command_pid", "containment", "version")})
         if nodeId == holder:
             node.role = "holder"
+            # Its entry may still say what it wrote as it acquired (standing
+            # by, no token) until its next write: the lock says more.
+            if node.state == "standby":
+                node.state = "starting"
+            if node.token is None:
+                node.token = status.token
         elif ago > windows.silent:
             # Not seen for longer than its longest wait: dead or cut off,
             # until it is dropped as stale.

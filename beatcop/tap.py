@@ -13,14 +13,12 @@ import os
 import signal
 import sys
 
-from twisted.internet import error
 from twisted.python import usage
 
 from .config import KEYS, loadConfig, urlOverrides
 from .containment import detectContainment
 from .errors import EX_CONFIG, BeatCopError, ConfigError
-from .service import BeatCopService
-from .startup import prepareClient
+from .lean import withoutTls
 
 # Keys that are switches on the command line (no value) rather than options.
 _SWITCHES = {("beatcop", "shell"): "run the command through /bin/sh -c"}
@@ -70,6 +68,8 @@ class Options(usage.Options):
             raise SystemExit(EX_CONFIG)
         for warning in self.beatcopConfig.warnings:
             sys.stderr.write(f"beatcop: warning: {warning}\n")
+        if not config.redis.tls:
+            withoutTls()
 
 
 class _ExitCode:
@@ -104,7 +104,19 @@ def makeService(options, reactor=None):
     """
     if reactor is None:
         from twisted.internet import reactor
+    from twisted.internet import error
+
+    from .service import BeatCopService
+    from .startup import prepareClient
+
     config = options.beatcopConfig
+    twistdOptions = getattr(options, "parent", None) or {}
+    if not twistdOptions.get("nodaemon", True) and config.childOutput == "inherit":
+        # Daemonized, twistd's stdout and stderr are /dev/null: the command's
+        # output would be lost; it goes to the log instead.
+        import dataclasses
+
+        config = dataclasses.replace(config, childOutput="log")
     try:
         # Before the reactor runs: with url = embedded, this starts the
         # host's embedded Redis if none is running.

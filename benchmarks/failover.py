@@ -3,7 +3,7 @@
 The failover benchmark (issue 4): how fast BeatCop moves its command from
 one node to another, and what its nodes cost while nothing happens, measured
 on real processes: one real redis-server, N real C{twistd -n beatcop} nodes,
-and the test suite's recorder (L{tests.recorder}) as the supervised command,
+and the test suite's recorder (L{beatcop.testing.recorder}) as the supervised command,
 whose C{start}/C{end} lines carry C{CLOCK_MONOTONIC} times.
 
     python benchmarks/failover.py [--nodes 3] [--rounds 10] [--ttl 3000]
@@ -49,10 +49,10 @@ REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPOSITORY not in sys.path:
     sys.path.insert(0, REPOSITORY)
 
-from tests.history import _alive, recorderPids  # noqa: E402
-from tests.nodes import RECORDER, Node, nodeEnvironment, recorderCommand, twistdArgv, writeConfig  # noqa: E402
-from tests.nodes import waitUntil as _waitUntil  # noqa: E402
-from tests.redisserver import startRedisServer  # noqa: E402
+from beatcop.testing.history import _alive, recorderPids  # noqa: E402
+from beatcop.testing.processes import RECORDER, Node, nodeEnvironment, recorderCommand, twistdArgv, writeConfig  # noqa: E402
+from beatcop.testing.processes import waitUntil as _waitUntil  # noqa: E402
+from beatcop.testing.redis import startRedisServer  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 LOCK_NAME = "beatcop-bench"

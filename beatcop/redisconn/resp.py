@@ -11,7 +11,9 @@ decides when to reconnect, every wait has a deadline a test drives with a
 L{twisted.internet.task.Clock}), so only the protocol is used.
 """
 
-import txredisapi
+import sys
+import types
+
 from twisted.internet import defer
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory
@@ -21,6 +23,50 @@ from ..errors import EX_NOPERM, RedisProtocolError
 from .errors import RedisTLSError
 from .tls import _describeTLSFailure, _isTLSFailure
 
+
+def _importTxredisapi():
+    """
+    txredisapi imports C{twisted.internet.ssl} and C{twisted.protocols.tls}
+    (for connection helpers that BeatCop does not use), which need
+    pyOpenSSL.  In a process where the TLS stack was made unimportable on
+    purpose (a node without TLS: see L{beatcop.tap.withoutTls}, some 12 MiB
+    saved), those two are stand-ins for the duration of its import, which
+    refuse to be used; Twisted's own modules, imported first, find no TLS.
+    """
+    if "txredisapi" in sys.modules or sys.modules.get("OpenSSL", True) is not None:
+        import txredisapi
+
+        return txredisapi
+    # Twisted's modules that look for TLS, while it is plainly missing.
+    import twisted.internet.endpoints  # noqa: F401
+    import twisted.internet.tcp  # noqa: F401
+    import twisted.protocols  # noqa: F401 (the parent of the stand-in)
+
+    class _NoTls:
+        def __init__(self, *args, **kwargs):
+            raise ImportError("TLS is off in this process: no [redis] tls configured")
+
+    standIns = {
+        "twisted.internet.ssl": ("ClientContextFactory",),
+        "twisted.protocols.tls": ("TLSMemoryBIOFactory",),
+    }
+    for name, classes in standIns.items():
+        module = types.ModuleType(name)
+        for className in classes:
+            setattr(module, className, type(className, (_NoTls,), {}))
+        sys.modules[name] = module
+    try:
+        import txredisapi
+    finally:
+        for name in standIns:
+            module = sys.modules.pop(name)
+            parent, _, child = name.rpartition(".")
+            if getattr(sys.modules[parent], child, None) is module:
+                delattr(sys.modules[parent], child)
+    return txredisapi
+
+
+txredisapi = _importTxredisapi()
 
 # txredisapi's failures, under the names the client uses: the connection
 # broke (or was closed), and an error reply.
