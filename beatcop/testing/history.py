@@ -12,6 +12,11 @@ Two independent witnesses, because either alone can miss an overlap:
     recorder processes of this history (by their command line) and notes
     when each was first and last seen alive, and every sample in which more
     than one was alive.  It sees runs killed before they could write.
+
+And, when the runs write to a fenced store (the recorder's C{--store}),
+what fencing did downstream (L{storeReport}): the stale writes it rejected,
+and proof that it never accepted a write with a token below one it had
+accepted, nor the same token from two holders.
 """
 
 import json
@@ -297,6 +302,110 @@ class Run:
 
 
 @dataclass
+class StoreReport:
+    """
+    What the fenced store saw (see L{beatcop.testing.recorder.storeWrite}).
+
+    @ivar rejected: writes refused for a token below the largest accepted:
+        the stale writes fencing stopped.
+    @ivar rejectedByRun: run -> how many of its writes were refused.
+    @ivar acceptedStale: accepted writes whose token was below one accepted
+        before (impossible by the store's construction; counted to prove it).
+    @ivar sharedTokens: the first accepted write of each holder of a token
+        after the first holder of that token: two holders with one token,
+        which the store cannot tell apart (fencing defeated; a token that
+        went back, as a failover that lost the counter's increment does).
+    @ivar sharedTokenWrites: how many accepted writes came from a holder
+        other than the first of their token.
+    @ivar acceptedSuperseded: accepted writes of a run made after a run
+        with a larger token had started (the new holder had not written
+        yet): what fencing cannot stop, the old holder's writes until the
+        new one's first.
+    @ivar refusedCurrent: refused writes of a run that no run with a
+        larger token had superseded when it wrote: the largest token came
+        from an I{earlier} run, so tokens went back and the legitimate
+        holder was refused.
+    """
+
+    writes: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    rejectedByRun: dict = field(default_factory=dict)
+    acceptedStale: list = field(default_factory=list)
+    sharedTokens: list = field(default_factory=list)
+    sharedTokenWrites: int = 0
+    acceptedSuperseded: int = 0
+    refusedCurrent: int = 0
+
+    def ok(self):
+        return not self.acceptedStale and not self.sharedTokens
+
+    def describe(self):
+        lines = [
+            f"  store: {self.writes} writes, {self.accepted} accepted, {self.rejected} stale rejected"
+            f" (by run: {self.rejectedByRun or '-'}), {self.acceptedSuperseded} accepted from a superseded run"
+            f" before its successor wrote, {self.refusedCurrent} refused from the current run,"
+            f" {len(self.sharedTokens)} token(s) reused by another holder ({self.sharedTokenWrites} writes)"
+        ]
+        for what, found in (("A STALE WRITE", self.acceptedStale), ("ONE TOKEN FROM TWO HOLDERS", self.sharedTokens)):
+            for line in found[:3]:
+                lines.append(f"  STORE ACCEPTED {what}: {line}")
+            if len(found) > 3:
+                lines.append(f"  STORE ACCEPTED {what}: ... {len(found) - 3} more")
+        return "\n".join(lines)
+
+
+def readStore(path):
+    """
+    The fenced store's log: one dict per write, in the order the store
+    decided them.
+    """
+    return readHistory(path)
+
+
+def storeReport(path, runs=()):
+    """
+    Check the fenced store's log against itself and, given the history's
+    L{Run}s, tell the stale writes (of a run a larger token superseded)
+    from writes refused to the current holder.
+    """
+    report = StoreReport()
+    # run -> the earliest start of a run with a larger token.
+    known = [run for run in runs if run.start is not None and run.holder is not None]
+    supersededAt = {}
+    for run in known:
+        later = [other.start for other in known if other.token > run.token]
+        supersededAt[run.pid] = min(later) if later else None
+    largest = -1
+    holdersOf = {}  # token -> the holders whose writes with it were accepted, first first
+    for line in readStore(path):
+        report.writes += 1
+        token, holder, run = line.get("token", 0), line.get("holder"), line.get("run")
+        superseded = supersededAt.get(run)
+        if line.get("accepted"):
+            report.accepted += 1
+            if token < largest or token < line.get("largest", -1):
+                report.acceptedStale.append(line)
+            holders = holdersOf.setdefault(token, [])
+            if holder not in holders:
+                holders.append(holder)
+                if len(holders) > 1:
+                    # The first accepted write of another holder of a token.
+                    report.sharedTokens.append(line)
+            if holders[0] != holder:
+                report.sharedTokenWrites += 1
+            if superseded is not None and line["t"] > superseded:
+                report.acceptedSuperseded += 1
+            largest = max(largest, token)
+        else:
+            report.rejected += 1
+            report.rejectedByRun[run] = report.rejectedByRun.get(run, 0) + 1
+            if superseded is None or line["t"] < superseded:
+                report.refusedCurrent += 1
+    return report
+
+
+@dataclass
 class Report:
     runs: list
     overlaps: list  # (pid a, pid b, seconds)
@@ -314,6 +423,8 @@ class Report:
     orphans: dict = field(default_factory=dict)
     # run -> {pid: [first, last] seen alive} (with a sampler)
     seenPids: dict = field(default_factory=dict)
+    # With check(store=...): what the fenced store saw.
+    store: StoreReport = None
 
     def aliveAfter(self, run, moment):
         """
@@ -326,7 +437,10 @@ class Report:
         return sum(seconds for _, _, seconds in self.overlaps)
 
     def ok(self):
-        return not self.overlaps and not self.crowdedSamples and not self.tokenViolations
+        return (
+            not self.overlaps and not self.crowdedSamples and not self.tokenViolations
+            and (self.store is None or self.store.ok())
+        )
 
     def describe(self):
         lines = [f"{len(self.runs)} runs, {self.samples} samples"]
@@ -352,6 +466,8 @@ class Report:
                 f"  longest gap while Redis was reachable: {self.availabilityGap * 1000:.0f} ms"
                 f" (in {self.availabilityGapAt})"
             )
+        if self.store is not None:
+            lines.append(self.store.describe())
         return "\n".join(lines)
 
 
@@ -419,7 +535,7 @@ def availability(runs, unavailable, until, endOf=lambda run: run.end):
     return best, where
 
 
-def check(historyPath, sampler=None, until=None, certain=False, unavailable=None):
+def check(historyPath, sampler=None, until=None, certain=False, unavailable=None, store=None):
     """
     Put both witnesses together.
 
@@ -435,6 +551,8 @@ def check(historyPath, sampler=None, until=None, certain=False, unavailable=None
         was seen alive, whatever its C{end} line says.
     @param unavailable: windows (from, to) when no node could reach Redis:
         C{availabilityGap} is the longest gap without them.
+    @param store: the fenced store's path, if the runs wrote to one
+        (C{report.store}, see L{storeReport}).
     """
     until = time.monotonic() if until is None else until
     runs = {}
@@ -505,6 +623,8 @@ def check(historyPath, sampler=None, until=None, certain=False, unavailable=None
             seenPids = {run: {pid: list(span) for pid, span in pids.items()} for run, pids in sampler.seenPids.items()}
     report = Report(list(ordered), overlaps, crowded, violations, longestGap, samples, uncertain, orphans=orphans,
                     seenPids=seenPids)
+    if store is not None:
+        report.store = storeReport(store, ordered)
     if unavailable is not None:
         # Conservative: a SIGKILLed run ends when it was last seen alive.
         report.availabilityGap, report.availabilityGapAt = availability(

@@ -19,8 +19,16 @@ time every C{--heartbeat} seconds, so a frozen child is visible.
 
 Usage: C{python recorder.py HISTORY [--ignore-term] [--exit-after S]
 [--exit-code N] [--fork N] [--fork-ignore-term] [--fork-cheap]
-[--fork-sessions] [--daemonize] [--heartbeat S]}.  The node's name comes
-from C{$BEATCOP_TEST_NODE}.
+[--fork-sessions] [--daemonize] [--heartbeat S] [--store PATH]
+[--store-interval S]}.  The node's name comes from C{$BEATCOP_TEST_NODE}.
+
+C{--store PATH} makes the run write to a downstream store every
+C{--store-interval} seconds (and once as it starts), the way the README
+asks a command to use its fencing token: the store (L{storeWrite}, a file
+under an exclusive C{flock}) accepts a write only if its token is at least
+the largest it has accepted, and logs every write, accepted or not, so that
+the checker counts the stale writes that fencing rejected (and proves that
+none was accepted).
 
 Every process of a run carries C{BEATCOP_TEST_HISTORY} (this history) and
 C{BEATCOP_TEST_RUN} (the run: the recorder's pid, or the pid of a shell that
@@ -44,6 +52,7 @@ off).
 """
 
 import argparse
+import fcntl
 import json
 import os
 import signal
@@ -70,6 +79,47 @@ def record(history, event, **fields):
         os.write(fd, data)
     finally:
         os.close(fd)
+
+
+def storeWrite(path, token, node="?", run=None, holder=None):
+    """
+    One write to the fenced store at C{path}: under an exclusive C{flock}
+    of C{PATH.lock}, accept it if C{token} is at least the largest token
+    accepted so far (kept in C{PATH.max}), and append the decision to the
+    log C{PATH} (one JSON line: C{t}, C{run}, C{node}, C{holder}, C{token},
+    C{accepted}, and the largest token before it with its run).
+
+    The largest token is replaced atomically before the log line is
+    written, so a writer killed in between leaves an accepted write that is
+    missing from the log, never a store that forgot a token it accepted.
+
+    @return: whether the write was accepted.
+    """
+    lockFd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(lockFd, fcntl.LOCK_EX)
+        try:
+            with open(path + ".max") as f:
+                largest, largestRun, largestHolder = json.load(f)
+        except (OSError, ValueError):
+            largest, largestRun, largestHolder = -1, None, None
+        accepted = token >= largest
+        if accepted and (token, run, holder) != (largest, largestRun, largestHolder):
+            with open(path + ".max.tmp", "w") as f:
+                json.dump([token, run, holder], f)
+            os.replace(path + ".max.tmp", path + ".max")
+        line = dict(
+            t=time.monotonic(), run=run, node=node, holder=holder, token=token, accepted=accepted,
+            largest=largest, largestRun=largestRun, largestHolder=largestHolder,
+        )
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (json.dumps(line) + "\n").encode())
+        finally:
+            os.close(fd)
+        return accepted
+    finally:
+        os.close(lockFd)
 
 
 def daemonize(argv):
@@ -116,6 +166,8 @@ def main(argv=None):
     parser.add_argument("--fork-sessions", action="store_true")
     parser.add_argument("--daemonize", action="store_true")
     parser.add_argument("--heartbeat", type=float, default=0.1)
+    parser.add_argument("--store", default=None, help="write to this fenced store (see storeWrite)")
+    parser.add_argument("--store-interval", type=float, default=0.1)
     options = parser.parse_args(argv)
 
     history = os.path.abspath(options.history)
@@ -155,15 +207,26 @@ def main(argv=None):
     record(options.history, "start", grandchildren=grandchildren, daemons=daemons)
     heartbeat = os.path.join(os.path.dirname(os.path.abspath(options.history)), f"hb-{os.getpid()}")
     started = time.monotonic()
+    token = int(os.environ.get("BEATCOP_FENCING_TOKEN", "0") or 0)
+    run = int(os.environ.get("BEATCOP_TEST_RUN") or os.getpid())
+    node = os.environ.get("BEATCOP_TEST_NODE", "?")
+    holder = os.environ.get("BEATCOP_HOLDER_ID")
+    nextBeat = nextWrite = started
     while True:
         now = time.monotonic()
-        with open(heartbeat + ".tmp", "w") as f:
-            f.write(repr(now))
-        os.replace(heartbeat + ".tmp", heartbeat)
+        if options.store and now >= nextWrite:
+            storeWrite(options.store, token, node, run, holder)
+            nextWrite = now + options.store_interval
+        if now >= nextBeat:
+            with open(heartbeat + ".tmp", "w") as f:
+                f.write(repr(now))
+            os.replace(heartbeat + ".tmp", heartbeat)
+            nextBeat = now + options.heartbeat
         if options.exit_after is not None and now - started >= options.exit_after:
             record(options.history, "end", why=f"exit {options.exit_code}")
             os._exit(options.exit_code)
-        time.sleep(options.heartbeat)
+        wake = min(nextBeat, nextWrite) if options.store else nextBeat
+        time.sleep(max(0.001, wake - time.monotonic()))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,10 @@ A randomized soak of BeatCop under faults::
 
     python -m beatcop.testing.faults.chaos --nodes 5 --duration 600 --seed 7 [--json PATH]
 
+(With C{--topology sentinel} or C{--topology cluster}, on a replicated
+Redis under failovers, with C{--wait-replicas N} and
+C{--min-replicas-to-write N}: see L{beatcop.testing.faults.failovers}.)
+
 Starts a L{beatcop.testing.faults.cluster.FaultCluster} (N real nodes, a proxy each, one
 real redis-server, a supervisor that restarts nodes that exit), then injects
 faults of every kind, chosen at random, one after the other: after each, it
@@ -77,15 +81,18 @@ ENDS_THE_RUN = {
 }
 
 
-def plan(seed, steps):
+def plan(seed, steps, table=None):
     """
     The first C{steps} steps of a seed's fault sequence: dicts with the
     kind, a rank (which standby / which node, modulo how many there are), a
     duration factor in [0, 1), a flag, and the quiet pause after it.
+
+    @param table: kind -> weight (default L{KINDS}).
     """
+    table = KINDS if table is None else table
     rng = random.Random(seed)
-    kinds = sorted(KINDS)
-    weights = [KINDS[kind] for kind in kinds]
+    kinds = sorted(table)
+    weights = [table[kind] for kind in kinds]
     for index in range(steps):
         # Always the same draws per step, whatever the kind.
         kind = rng.choices(kinds, weights)[0]
@@ -474,7 +481,8 @@ def main(argv=None):
     parser.add_argument("--nodes", type=int, default=5, help="BeatCop nodes, 2 to 10 (default 5)")
     parser.add_argument("--duration", type=float, default=600, help="seconds of faults (default 600)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: drawn and printed)")
-    parser.add_argument("--ttl", type=int, default=1500, help="lease TTL in ms (default 1500)")
+    parser.add_argument("--ttl", type=int, default=None,
+                        help="lease TTL in ms (default 1500; 3000 with a replicated topology)")
     parser.add_argument("--restart-delay", type=float, default=1.0,
                         help="seconds before the supervisor restarts a node that exited (default 1, as"
                              " the README's systemd unit's RestartSec)")
@@ -487,9 +495,30 @@ def main(argv=None):
                         help="the nodes' containment (default auto)")
     parser.add_argument("--plan", type=int, default=None, metavar="N",
                         help="print the seed's first N steps and exit")
+    replicated = parser.add_argument_group("replicated Redis (beatcop.testing.faults.failovers)")
+    replicated.add_argument("--topology", default="single", choices=("single", "sentinel", "cluster"),
+                            help="one server (default), a master with two replicas behind three sentinels,"
+                                 " or a Redis Cluster of three masters with replicas")
+    replicated.add_argument("--wait-replicas", type=int, default=0, help="the nodes' wait_replicas (default 0)")
+    replicated.add_argument("--min-replicas-to-write", type=int, default=0,
+                            help="the servers' min-replicas-to-write (default 0: not set)")
+    replicated.add_argument("--min-replicas-max-lag", type=int, default=2,
+                            help="the servers' min-replicas-max-lag in s, with --min-replicas-to-write (default 2)")
+    replicated.add_argument("--kinds", nargs="+", default=None, metavar="KIND",
+                            help="inject only these fault kinds")
+    replicated.add_argument("--strict", action="store_true",
+                            help="fail on overlaps even with wait_replicas = 0 (where they are measured)")
     options = parser.parse_args(argv)
     if options.seed is None:
         options.seed = random.SystemRandom().randrange(1, 10**6)
+    if options.ttl is None:
+        options.ttl = 1500 if options.topology == "single" else 3000
+    if options.topology != "single":
+        if not 2 <= options.nodes <= 10:
+            parser.error("--nodes must be between 2 and 10")
+        from .failovers import runFailovers
+
+        return runFailovers(options)
     if options.plan is not None:
         for step in plan(options.seed, options.plan):
             print(json.dumps(step))

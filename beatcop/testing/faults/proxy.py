@@ -27,6 +27,21 @@ command has taken effect:
     in all, C{up} to Redis and C{down} to the node, dropped);
   - C{quit}: exit.
 
+Those modes are the proxy's default.  A rule can give the connections that
+come I{from} some source addresses a mode of their own (what a test of a
+replicated Redis needs, where one proxy stands in front of a server and its
+clients, replicas and sentinels each connect from a loopback address of
+their own: cutting the master's replicas alone, or one node alone, is a rule
+on the master's proxy):
+
+  - C{from ADDR[,ADDR...] pass|blackhole|reset} or C{from ADDR,... delay MS}:
+    those sources' connections, present and future, behave as that mode
+    says (a C{reset} one is accepted and reset at once: only the default
+    C{reset} refuses, as the port stops listening);
+  - C{from ADDR,... default}: back to the default mode;
+  - C{clear}: every rule removed;
+  - C{status ADDR}: the mode and counters of one source's connections.
+
 Answers are C{ok MODE ...} or C{error TEXT}.  The proxy exits when its
 standard input ends, so it never outlives the test that started it.
 
@@ -79,8 +94,9 @@ def _runProxy(targetHost, targetPort, listenHost, listenPort):
         then go to the target transport, once there is one.
         """
 
-        def __init__(self, server, direction):
+        def __init__(self, server, connection, direction):
             self.server = server
+            self.connection = connection
             self.direction = direction  # "up" (to Redis) or "down"
             self.queue = collections.deque()  # (due, data or CLOSE)
             self.target = None
@@ -92,12 +108,13 @@ def _runProxy(targetHost, targetPort, listenHost, listenPort):
             Queue a chunk (or the close); C{False} if it was dropped (a
             black hole, a reset, or a direction already closed).
             """
-            if self.closed or self.server.mode in ("blackhole", "reset"):
+            mode, delay = self.connection.effective()
+            if self.closed or mode in ("blackhole", "reset"):
                 if item is not CLOSE:
                     self.server.dropped += len(item)
                 return False
             now = reactor.seconds()
-            due = now + self.server.delay
+            due = now + delay
             if self.queue:
                 due = max(due, self.queue[-1][0])
             self.queue.append((due, item))
@@ -140,6 +157,7 @@ def _runProxy(targetHost, targetPort, listenHost, listenPort):
                     return
                 self.server.forwarded += len(item)
                 self.server.forwardedBy[self.direction] += len(item)
+                self.server.countFrom(self.connection.source, self.direction, len(item))
                 self.target.write(item)
             if self.queue:
                 self.call = reactor.callLater(self.queue[0][0] - now, self.pump)
@@ -164,19 +182,32 @@ def _runProxy(targetHost, targetPort, listenHost, listenPort):
 
         def __init__(self, server):
             self.server = server
-            self.up = Pipe(server, "up")  # node -> Redis
-            self.down = Pipe(server, "down")  # Redis -> node
+            self.up = Pipe(server, self, "up")  # node -> Redis
+            self.down = Pipe(server, self, "down")  # Redis -> node
+            self.source = None
             self.upstream = None
             self.connecting = False
             self.poisoned = False
             self.abandoned = False
             self.gone = defer.Deferred()
 
+        def effective(self):
+            """
+            This connection's C{(mode, delay in seconds)}: its source's
+            rule, else the proxy's default.
+            """
+            return self.server.effective(self.source)
+
         def connectionMade(self):
+            self.source = getattr(self.transport.getPeer(), "host", None)
             self.server.connections.add(self)
             self.server.accepted += 1
             self.down.setTarget(self.transport)
-            if self.server.mode not in ("blackhole", "reset"):
+            mode = self.effective()[0]
+            if mode == "reset":
+                # A rule resets this source: accepted, then reset at once.
+                self.abort()
+            elif mode != "blackhole":
                 self.connectUpstream()
 
         def connectUpstream(self):
@@ -189,7 +220,7 @@ def _runProxy(targetHost, targetPort, listenHost, listenPort):
 
         def upstreamMade(self, upstream):
             self.connecting = False
-            if self.server.mode == "reset" or self.abandoned:
+            if self.effective()[0] == "reset" or self.abandoned:
                 _abort(upstream.transport)
                 return
             self.upstream = upstream
@@ -264,6 +295,10 @@ def _runProxy(targetHost, targetPort, listenHost, listenPort):
             self.accepted = 0
             self.forwarded = 0
             self.forwardedBy = {"up": 0, "down": 0}
+            # source address -> (mode, delay in seconds), overriding the
+            # default for that source's connections.
+            self.rules = {}
+            self.bySource = {}  # source address -> {"up": bytes, "down": bytes}
             self.dropped = 0
             self.factory = ProxyFactory(self)
             self.socket = _reservedListeningSocket(listenHost, listenPort)
@@ -306,46 +341,85 @@ def _runProxy(targetHost, targetPort, listenHost, listenPort):
 
             return d.addCallback(shut)
 
-        def setMode(self, mode, delay=0.0):
+        def effective(self, source):
+            rule = self.rules.get(source)
+            return rule if rule is not None else (self.mode, self.delay)
+
+        def countFrom(self, source, direction, count):
+            counters = self.bySource.setdefault(source, {"up": 0, "down": 0})
+            counters[direction] += count
+
+        def setMode(self, mode, delay=0.0, sources=None):
+            """
+            Set the default mode (C{sources} None) or that of the
+            connections from C{sources} (C{mode} C{"default"}: drop their
+            rule), and carry every connection whose mode this concerns over
+            to it.
+            """
+            affected = [c for c in self.connections if sources is None or c.source in sources]
+            before = {c: c.effective()[0] for c in affected}
+            seconds = delay / 1000.0 if mode == "delay" else 0.0
             previous = self.mode
-            self.mode = mode
-            waits = []
-            if mode == "blackhole":
-                for connection in list(self.connections):
-                    lostUp = connection.up.drop()
-                    lostDown = connection.down.drop()
-                    if lostUp or lostDown:
-                        connection.poisoned = True
-            elif mode == "reset":
-                for connection in list(self.connections):
-                    waits.append(connection.gone)
-                    connection.abort()
-                waits.append(self.refuse())
+            if sources is None:
+                self.mode, self.delay = mode, seconds
             else:
-                self.delay = delay / 1000.0 if mode == "delay" else 0.0
-                if previous == "reset":
-                    self.listen()
-                if previous == "blackhole":
-                    for connection in list(self.connections):
-                        if connection.poisoned:
-                            waits.append(connection.gone)
-                        connection.heal()
-                    # Nothing is queued: what arrived meanwhile was dropped.
-                else:
-                    for connection in list(self.connections):
-                        connection.up.pump()
-                        connection.down.pump()
+                for source in sources:
+                    if mode == "default":
+                        self.rules.pop(source, None)
+                    else:
+                        self.rules[source] = (mode, seconds)
+            waits = []
+            if sources is None and previous == "reset" and mode != "reset":
+                self.listen()
+            for connection in affected:
+                waits += self._carryOver(connection, before[connection], connection.effective()[0])
+            if sources is None and mode == "reset":
+                waits.append(self.refuse())
             d = defer.DeferredList(waits, consumeErrors=True) if waits else defer.succeed(None)
             # Bounded: an ack never waits for a peer that will not close.
             d.addTimeout(2.0, reactor)
             d.addErrback(lambda failure: None)
             return d
 
-        def status(self):
+        def _carryOver(self, connection, old, new):
+            """
+            Move one connection from mode C{old} to C{new}; the Deferreds
+            to wait for (connections that must be gone).
+            """
+            if new == "blackhole":
+                lostUp = connection.up.drop()
+                lostDown = connection.down.drop()
+                if lostUp or lostDown:
+                    connection.poisoned = True
+                return []
+            if new == "reset":
+                connection.abort()
+                return [connection.gone]
+            if old == "blackhole":
+                # Nothing is queued: what arrived meanwhile was dropped.
+                poisoned = connection.poisoned
+                connection.heal()
+                return [connection.gone] if poisoned else []
+            connection.up.pump()
+            connection.down.pump()
+            return []
+
+        def clear(self):
+            return self.setMode("default", sources=list(self.rules))
+
+        def status(self, source=None):
+            if source is not None:
+                mode, delay = self.effective(source)
+                counters = self.bySource.get(source, {"up": 0, "down": 0})
+                count = sum(1 for c in self.connections if c.source == source)
+                return (
+                    f"mode={mode} delay={int(delay * 1000)} connections={count}"
+                    f" up={counters['up']} down={counters['down']}"
+                )
             return (
                 f"mode={self.mode} delay={int(self.delay * 1000)} connections={len(self.connections)}"
                 f" accepted={self.accepted} forwarded={self.forwarded} dropped={self.dropped}"
-                f" up={self.forwardedBy['up']} down={self.forwardedBy['down']}"
+                f" up={self.forwardedBy['up']} down={self.forwardedBy['down']} rules={len(self.rules)}"
             )
 
     @implementer(IHalfCloseableProtocol)
@@ -375,9 +449,24 @@ def _runProxy(targetHost, targetPort, listenHost, listenPort):
                     reactor.callLater(0, _stop)
                     return None
                 if command == "status":
-                    self.transport.write(f"ok {self.server.status()}\n".encode())
+                    source = words[1] if len(words) > 1 else None
+                    self.transport.write(f"ok {self.server.status(source)}\n".encode())
                     return None
-                if command in ("pass", "blackhole", "reset"):
+                if command == "clear":
+                    d = self.server.clear()
+                elif command == "from" and len(words) >= 3:
+                    sources = [source for source in words[1].split(",") if source]
+                    mode = words[2]
+                    if mode in ("pass", "blackhole", "reset", "default") and len(words) == 3:
+                        d = self.server.setMode(mode, sources=sources)
+                    elif mode == "delay" and len(words) == 4:
+                        ms = float(words[3])
+                        if ms < 0:
+                            raise ValueError("negative delay")
+                        d = self.server.setMode("delay", ms, sources) if ms else self.server.setMode("pass", sources=sources)
+                    else:
+                        raise ValueError(f"unknown command {line!r}")
+                elif command in ("pass", "blackhole", "reset"):
                     d = self.server.setMode(command)
                 elif command == "delay" and len(words) == 2:
                     ms = float(words[1])
@@ -581,11 +670,33 @@ class FaultProxy:
         self.command("reset")
         self.mode = "reset"
 
-    def status(self):
+    def status(self, source=None):
         """
-        The proxy's counters: a dict of str -> str.
+        The proxy's counters (or those of the connections from C{source}):
+        a dict of str -> str.
         """
-        return dict(word.split("=", 1) for word in self.command("status").split())
+        line = "status" if source is None else f"status {source}"
+        return dict(word.split("=", 1) for word in self.command(line).split())
+
+    def setFor(self, sources, mode, ms=0):
+        """
+        Give the connections from C{sources} (addresses) a mode of their
+        own: C{pass}, C{delay} (C{ms}), C{blackhole}, C{reset}, or
+        C{default} (follow the proxy's mode again); returns once applied.
+        """
+        sources = [sources] if isinstance(sources, str) else list(sources)
+        if not sources:
+            return
+        if mode == "delay":
+            self.command(f"from {','.join(sources)} delay {int(ms)}")
+        else:
+            self.command(f"from {','.join(sources)} {mode}")
+
+    def clear(self):
+        """
+        Remove every per-source rule.
+        """
+        self.command("clear")
 
     @property
     def url(self):
