@@ -101,7 +101,10 @@ def formatStatus(status, now):
         reason = f" ({status.paused['reason']})" if status.paused.get("reason") else ""
         at = status.paused.get("at")
         when = f" {_age(now - at)} ago" if at else ""
-        lines.append(f"PAUSED by {status.paused.get('by', '?')}{when}{reason}: no node starts the command")
+        lines.append(
+            f"PAUSED by {status.paused.get('by', '?')}{when}{reason}: "
+            + ("the holder stops the command at its next refresh" if status.held else "no node starts the command")
+        )
     if status.lost_data:
         lines.append(f"held back for {status.lease_ms} ms: Redis lost its data and the holder may reclaim it")
     elif status.held:
@@ -111,6 +114,8 @@ def formatStatus(status, now):
             f"running on {where}: holder {status.holder}, fencing token {status.token}{since},"
             f" lease {status.lease_ms / 1000:.1f} s left"
         )
+        if status.request == "handover":
+            lines.append("handover asked: the holder stops the command at its next refresh")
     elif not status.paused:
         lines.append(f"not running: the lock is free (fencing token so far {status.token})")
     standbys = [node for node in status.nodes if node.role == "standby"]

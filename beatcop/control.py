@@ -3,12 +3,14 @@ Operating a lock from outside the nodes: read who holds it and who stands
 by, ask the holder to hand over, pause the command everywhere and resume it.
 
 Everything goes through Redis, which every node already watches: the nodes
-register themselves in a hash beside the lock (refreshed with every attempt
-and refresh, see L{beatcop.lock}); a pause flag makes every acquisition
-fail and the holder's next refresh stop its command; a handover request
-names the holder it is for, so it cannot hit the next one.  Nothing here
-needs to reach the nodes themselves, so the tools work from any machine that
-reaches Redis, and a pause survives node restarts.
+register themselves in a hash beside the lock (on each change of state and
+every L{beatcop.protocol.Windows.register}); a pause and a handover request
+ride on the lock's value, which the holder reads in every refresh (so they
+cost the nodes nothing while nobody asks), and a request names the holder
+it is for, so it cannot hit the next one.  Nothing here needs to reach the
+nodes themselves, so the tools work from any machine that reaches Redis,
+and a pause survives node restarts.  The scripts are L{beatcop.protocol}'s,
+sent by EVAL (the tools' ACL user needs no EVALSHA, and proxies lack it).
 """
 
 import getpass
@@ -19,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 
 from twisted.internet import defer, task
 
-from .protocol import LOST_DATA, STATUS, LockKeys, Windows, decodeEntry
+from .protocol import HANDOVER, LOST_DATA, PAUSE, PAUSED, RESUME, RESUME_MESSAGE, STATUS, LockKeys, Windows, decodeEntry, splitValue
 from .redisconn import RedisCommandError
 
 
@@ -43,6 +45,7 @@ class Status:
     lock: str
     redis: str
     holder: str = None  # the holder id in the lock key, None when free
+    request: str = None  # "handover" or "paused" while the holder has yet to act on it
     lease_ms: int = None  # what the holder's lease has left
     token: int = 0  # the fencing counter: the holder's token while held
     paused: dict = None  # who paused and when, or None
@@ -85,19 +88,24 @@ def readStatus(client, config):
     keys = LockKeys.of(config.lockName)
     # By EVAL: the tools' ACL user needs no EVALSHA, and proxies have none.
     reply = yield STATUS(client, (keys.lock, keys.fence, keys.registry, keys.paused), (), useEvalSha=False)
-    holder, pttl, fence, paused, registry, now = reply
-    holder = _text(holder) or None
+    value, pttl, fence, paused, registry, now = reply
+    holder, request = splitValue(value)
     status = Status(lock=config.lockName, redis=client.address)
     status.token = int(fence or 0)
-    if holder == LOST_DATA:
-        status.lost_data = True
-    status.holder = holder
-    status.lease_ms = int(pttl) if holder else None
     if paused:
         try:
             status.paused = json.loads(_text(paused))
         except ValueError:
             status.paused = {"by": _text(paused)}
+    if holder == PAUSED:
+        # Paused with no holder (its placeholder keeps everyone out).
+        holder = None
+        status.paused = status.paused or {"by": "?"}
+    elif holder == LOST_DATA:
+        status.lost_data = True
+    status.holder = holder
+    status.request = request
+    status.lease_ms = int(pttl) if holder else None
     windows = _windows(config)
     registry = [_text(item) for item in registry or []]
     for nodeId, value in zip(registry[::2], registry[1::2]):
@@ -143,8 +151,12 @@ def requestHandover(client, config, holder):
     """
     Ask C{holder} (and only it) to stop its command and release the lock
     at its next refresh.
+
+    @return: a Deferred firing with whether C{holder} still held the lock.
     """
-    yield client.execute("SET", LockKeys.of(config.lockName).handover, holder, "PX", _windows(config).handover)
+    keys = LockKeys.of(config.lockName)
+    asked = yield HANDOVER(client, (keys.lock,), (holder,), useEvalSha=False)
+    return bool(asked)
 
 
 @defer.inlineCallbacks
@@ -153,8 +165,9 @@ def pause(client, config, reason=None):
     Pause the command everywhere until L{resume}: no node acquires, and the
     holder stops its command at its next refresh.  Stays until resumed.
     """
+    keys = LockKeys.of(config.lockName)
     value = json.dumps({"by": _who(), "at": time.time(), "reason": reason})
-    yield client.execute("SET", LockKeys.of(config.lockName).paused, value)
+    yield PAUSE(client, (keys.lock, keys.paused), (value,), useEvalSha=False)
 
 
 @defer.inlineCallbacks
@@ -166,12 +179,12 @@ def resume(client, config):
     @return: a Deferred firing with whether a pause was lifted.
     """
     keys = LockKeys.of(config.lockName)
-    removed = yield client.execute("DEL", keys.paused)
+    lifted = yield RESUME(client, (keys.lock, keys.paused), (), useEvalSha=False)
     try:
-        yield client.execute("PUBLISH", keys.released, "resume")
+        yield client.execute("PUBLISH", keys.released, RESUME_MESSAGE)
     except RedisCommandError:
         pass  # proxies without pub/sub: the standbys' polling finds it
-    return bool(removed)
+    return bool(lifted)
 
 
 @defer.inlineCallbacks

@@ -68,6 +68,15 @@ class RedisProtocolError(BeatCopError):
     exitCode = EX_PROTOCOL
 
 
+class EvictionRisk(BeatCopError):
+    """
+    The Redis that holds the lock may evict it under memory pressure (its
+    C{maxmemory-policy}), and C{allow_eviction} does not accept that risk.
+    """
+
+    exitCode = EX_CONFIG
+
+
 class LeaseLost(BeatCopError):
     """
     This node can no longer prove that it holds the lease: the key belongs to
@@ -104,6 +113,6 @@ def exitCodeFor(failure):
 
 
 __all__ = [name for name in dir() if name.startswith(("EX_", "exitCodeFor"))] + [
-    "BeatCopError", "ConfigError", "RedisUnreachable", "RedisProtocolError",
+    "BeatCopError", "ConfigError", "RedisUnreachable", "RedisProtocolError", "EvictionRisk",
     "LeaseLost", "ChildStartError", "NodeFinished",
 ]

@@ -51,6 +51,13 @@ class IRedisClient(Interface):
         Drop the connection at once; the next command reconnects.
         """
 
+    def notifyOnConnect(callback):
+        """
+        Call C{callback()} each time a new connection is ready from now on:
+        it may reach another server than the last (a failover, a restart),
+        which the node checks again (L{beatcop.eviction}).
+        """
+
     def close():
         """
         Close the connection politely.
@@ -72,14 +79,31 @@ class ILease(Interface):
     highestToken = Attribute("The highest token seen, ours or another holder's.")
     releaseChannel = Attribute("The pub/sub channel releases are announced on, or None.")
 
-    def acquire(initialize=False):
+    def acquire(initialize=False, register=True):
         """
-        Try once to take the lease.
+        Try once to take the lease: a whole attempt, which also says who
+        holds it, for how long, and this node's place in line.
 
         @param initialize: whether to take a lock whose fencing counter is
             missing although this node never saw a token (a lock never used,
             or a Redis that lost its data while a holder still runs).
+        @param register: also record this node's state in the registry.
         @return: a Deferred firing with a L{beatcop.lock.Attempt}.
+        """
+
+    def check():
+        """
+        The cheapest look at the lock, between two attempts.
+
+        @return: a Deferred firing with the milliseconds the holder's lease
+            has left: -2 when the lock is free, -1 when it has no expiry
+            (paused, or set by hand).
+        """
+
+    def sawToken(token):
+        """
+        Another node acquired with C{token} (announced on the release
+        channel): raise L{highestToken} to it.
         """
 
     def reclaim():
@@ -89,10 +113,12 @@ class ILease(Interface):
         @return: a Deferred firing with a L{beatcop.lock.Attempt}.
         """
 
-    def refresh():
+    def refresh(register=False):
         """
-        Extend the lease if it is still ours.
+        Extend the lease if it is still ours, and hear an operator's
+        request riding on it.
 
+        @param register: also record this node's state in the registry.
         @return: a Deferred firing with a L{beatcop.lock.RefreshOutcome}.
         """
 

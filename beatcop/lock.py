@@ -113,16 +113,9 @@ def registryKeyFor(lockName):
 
 def pauseKeyFor(lockName):
     """
-    Present while an operator has paused the command (C{beatcop pause}).
+    Who paused the command, when and why (C{beatcop pause}), for status.
     """
     return LockKeys.of(lockName).paused
-
-
-def handoverKeyFor(lockName):
-    """
-    The holder id an operator asked to hand over (C{beatcop handover}).
-    """
-    return LockKeys.of(lockName).handover
 
 
 def releaseChannelFor(lockName):
@@ -146,7 +139,7 @@ class RedisLock:
 
     The lock does not keep time: each method reports what Redis said, and the
     caller, who knows when it sent the command, decides how long the lease
-    is proven for.  See L{beatcop.service} for the deadline arithmetic.
+    is proven for.  See L{beatcop.lease} for the deadline arithmetic.
 
     @ivar holderId: the value stored in the key while we hold it.
     @ivar token: the fencing token of our current (or last) acquisition.
@@ -162,9 +155,11 @@ class RedisLock:
         """
         @param client: an L{beatcop.interfaces.IRedisClient}.
         @param ttl: lease time-to-live in milliseconds.
+        @param notify: announce releases and acquisitions on the lock's
+            channel.
         @param describe: returns this node's state (a JSON-able dict with a
-            C{state}) to record in the node registry with every acquisition
-            attempt and refresh; C{None} not to register.
+            C{state}) for its registry entry, written when asked (see
+            L{acquire}, L{refresh}, L{register}); C{None} not to register.
         @param windows: the registry's L{beatcop.protocol.Windows} (default
             from the TTL alone).
         """
@@ -179,23 +174,22 @@ class RedisLock:
         self.describe = describe
         self.windows = windows or Windows.of(self.ttl)
         self.registryKey = self.keys.registry
-        self.pauseKey = self.keys.paused
-        self.handoverKey = self.keys.handover
         self.token = None
         self.highestToken = 0
 
-    def _run(self, script, token=0, initialize=False):
-        entry = encodeEntry(self.describe()) if self.describe is not None else ""
+    def _run(self, script, token=0, initialize=False, register=False):
+        entry = encodeEntry(self.describe()) if register and self.describe is not None else ""
         return script(
             self.client,
             self.keys.forScripts(),
-            nodeArguments(self.holderId, self.ttl, token, entry, self.windows, initialize),
+            nodeArguments(self.holderId, self.ttl, token, entry, self.windows, initialize, self.releaseChannel),
             self.useEvalSha,
         )
 
-    def acquire(self, initialize=False):
+    def acquire(self, initialize=False, register=True):
         """
-        Try once to take the lease.
+        Try once to take the lease (a whole attempt: see L{check} for the
+        cheap look a standby takes between two).
 
         @param initialize: whether this attempt may take a lock that has no
             fencing counter in Redis although this instance never saw a
@@ -204,9 +198,27 @@ class RedisLock:
             default such an attempt is answered C{holder == EMPTY}, and only
             C{True} (after seeing that answer for a whole TTL, as the node
             does, or for a lock known to be new) takes it.
+        @param register: also write this node's registry entry.
         @return: a Deferred firing with an L{Attempt}.
         """
-        return self._run(ACQUIRE, self.highestToken, initialize).addCallback(self._attempted)
+        return self._run(ACQUIRE, self.highestToken, initialize, register).addCallback(self._attempted)
+
+    def check(self):
+        """
+        The cheapest look at the lock (one C{PTTL}): how many milliseconds
+        the holder's lease has left; -2 when the lock is free, -1 when it
+        has no expiry (paused).
+
+        @return: a Deferred firing with an int.
+        """
+        return self.client.execute("PTTL", self.lockName).addCallback(int)
+
+    def sawToken(self, token):
+        """
+        Another node acquired with C{token} (heard on the lock's channel):
+        the floor of this node's acquisitions, should Redis lose its data.
+        """
+        self.highestToken = max(self.highestToken, int(token))
 
     def reclaim(self):
         """
@@ -232,10 +244,12 @@ class RedisLock:
             self.token = attempt.token
         return attempt
 
-    def refresh(self):
+    def refresh(self, register=False):
         """
-        Extend our lease to a full TTL from now, if it is still ours.
+        Extend our lease to a full TTL from now, if it is still ours, and
+        hear an operator's request riding on it.
 
+        @param register: also write this node's registry entry.
         @return: a Deferred firing with a L{RefreshOutcome}.
         """
 
@@ -252,15 +266,16 @@ class RedisLock:
                 return RefreshOutcome.PAUSED
             raise RedisProtocolError(f"unexpected reply to the refresh script: {reply!r}")
 
-        return self._run(REFRESH).addCallback(outcome)
+        return self._run(REFRESH, register=register).addCallback(outcome)
 
     def release(self):
         """
         Delete the key if it is still ours, so that a standby can take over
         without waiting for the TTL, and announce it on L{releaseChannel}
-        (unless notifications are off).
+        (unless notifications are off); paused by an operator, leave the
+        pause in its place.
 
-        @return: a Deferred firing with C{True} if we deleted it.
+        @return: a Deferred firing with C{True} if it was ours.
         """
         d = RELEASE(
             self.client, (self.lockName,), (self.holderId, self.releaseChannel or ""), self.useEvalSha
@@ -269,14 +284,13 @@ class RedisLock:
 
     def register(self):
         """
-        Record this node's state in the registry now (attempts and refreshes
-        do it anyway; this is for changes of state in between).
+        Record this node's state in the registry now (on a change of state).
 
         @return: a Deferred firing when done.
         """
         if self.describe is None:
             return defer.succeed(None)
-        return self._run(REGISTER)
+        return self._run(REGISTER, register=True)
 
     def leave(self):
         """
@@ -290,6 +304,6 @@ class RedisLock:
 
 __all__ = [
     "RedisLock", "Attempt", "RefreshOutcome", "newHolderId", "fencingKeyFor", "registryKeyFor", "pauseKeyFor",
-    "handoverKeyFor", "releaseChannelFor", "Script", "ACQUIRE", "RECLAIM", "REFRESH", "REGISTER", "RELEASE",
+    "releaseChannelFor", "Script", "ACQUIRE", "RECLAIM", "REFRESH", "REGISTER", "RELEASE",
     "EMPTY", "LOST_DATA", "PAUSED",
 ]

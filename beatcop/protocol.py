@@ -7,14 +7,31 @@ what the Lua reads share these definitions: nothing is agreed by accident
 
 Keys (all in the lock's Redis Cluster hash slot, see L{companionName}):
 
-  - C{LOCK}: the holder's id, with the lease's expiry;
+  - C{LOCK}: the holder's id, with the lease's expiry.  An operator's request
+    rides on it, so that the holder's refresh sees it in the one C{GET} it
+    does anyway: C{"<id>|handover"} (hand over at the next refresh),
+    C{"<id>|paused"} (stop and release); C{"beatcop:paused"} (no expiry)
+    while paused with no holder, which keeps every acquisition out;
+    C{"beatcop:lost-data"} while a standby holds the lock back after Redis
+    lost its data;
   - C{{LOCK}:fence}: the fencing counter, which only grows;
   - C{{LOCK}:nodes}: the node registry, a hash of holder id -> entry
     (L{encodeEntry}: C{"<seen ms> <state> <json>"}, the seen time being
-    Redis's clock, the one every node and the status command share);
-  - C{{LOCK}:paused}: present while an operator paused the command;
-  - C{{LOCK}:handover}: the holder id an operator asked to hand over;
-  - channel C{{LOCK}:released}: a holder's id, published as it releases.
+    Redis's clock, the one every node and the status command share),
+    written on a change of state and at least every L{Windows.register};
+  - C{{LOCK}:paused}: who paused, when and why (JSON), for C{beatcop status};
+    the nodes read the pause in C{LOCK}, and this key only when the lock is
+    free (a holder that died before it saw the pause leaves no placeholder);
+  - channel C{{LOCK}:released}: a holder's id as it releases, C{resume} as an
+    operator resumes, C{acquired:<token>} as a node acquires (the standbys
+    that listen learn the newest token without asking).
+
+What a node costs Redis, at idle: the holder's refresh, one C{EVALSHA} that
+runs C{GET} and C{PEXPIRE}; a standby's check, one C{PTTL} when the lease
+can expire (the first in line; those further back every other lease), and
+a whole attempt (the acquire script, which also writes its registry entry)
+only when the lock looks free, after a release, and every
+L{Windows.register}.
 
 Everything that must be atomic is one script (see each script's comment),
 run by EVALSHA, falling back to EVAL on NOSCRIPT (Redis restarted or failed
@@ -31,10 +48,17 @@ from .redisconn import RedisCommandError
 
 # The lock's value while a standby holds it back after Redis lost its data.
 LOST_DATA = "beatcop:lost-data"
-# The holder in an acquisition's reply while an operator paused the lock ...
+# The lock's value while an operator paused it and no node holds it; the
+# holder in an acquisition's reply while paused ...
 PAUSED = "beatcop:paused"
-# ... and when Redis has no fencing counter for it.
+# ... and when Redis has no fencing counter for the lock.
 EMPTY = "beatcop:empty"
+# Requests riding on the holder's id in the lock's value.
+HANDOVER_SUFFIX = "|handover"
+PAUSED_SUFFIX = "|paused"
+# Messages on the release channel besides a releasing holder's id.
+RESUME_MESSAGE = "resume"
+ACQUIRED_PREFIX = "acquired:"
 
 # The states a node's registry entry may say (NodeState values); ranks count
 # only STANDBY.
@@ -86,7 +110,6 @@ class LockKeys:
     fence: str
     registry: str
     paused: str
-    handover: str
     released: str
 
     @classmethod
@@ -96,7 +119,6 @@ class LockKeys:
             fence=companionName(lockName, "fence"),
             registry=companionName(lockName, "nodes"),
             paused=companionName(lockName, "paused"),
-            handover=companionName(lockName, "handover"),
             released=companionName(lockName, "released"),
         )
 
@@ -104,7 +126,7 @@ class LockKeys:
         """
         The KEYS of the node's scripts, in their order.
         """
-        return (self.lock, self.fence, self.registry, self.paused, self.handover)
+        return (self.lock, self.fence, self.registry, self.paused)
 
 
 # -- the registry ----------------------------------------------------------
@@ -113,38 +135,43 @@ class LockKeys:
 @dataclass(frozen=True)
 class Windows:
     """
-    The registry's time windows, in milliseconds, all from a node's longest
-    wait between two writes of its entry (C{max(ttl, standby_max_wait)}: a
-    standby writes with every attempt, a holder with every refresh):
+    The registry's time windows, in milliseconds.  Every node writes its
+    entry on each change of state and at least every C{register}; the other
+    windows follow from that one:
 
+    @ivar register: the longest a node goes without writing its entry:
+        thirty leases, between one and ten minutes (what the registry costs
+        Redis is one write per node per C{register}).
     @ivar live: an entry seen within this counts in a standby's rank.
     @ivar silent: a node not seen for longer is shown as silent (dead or
         cut off) by C{beatcop status}.
     @ivar stale: a node not seen for longer is left out altogether.
     @ivar keep: the registry hash outlives its last write by this much.
-    @ivar handover: an operator's handover request expires after this.
     """
 
+    register: int
     live: int
     silent: int
     stale: int
     keep: int
-    handover: int
 
     @classmethod
     def of(cls, ttl, standbyMaxWait=None):
         """
         @param ttl: the lease in ms.
-        @param standbyMaxWait: the longest wait between a standby's attempts
-            in ms (default the TTL).
+        @param standbyMaxWait: the longest wait between a standby's looks
+            in ms (default two leases, as the configuration's).
         """
-        longest = max(ttl, standbyMaxWait or ttl)
+        longest = max(ttl, standbyMaxWait or 2 * ttl)
+        register = min(600_000, max(60_000, 30 * ttl))
+        # A write may come up to a check (and its jitter) late.
+        slack = 2 * longest + 1000
         return cls(
-            live=longest + 500,
-            silent=longest + 500,
-            stale=2 * longest + 1000,
-            keep=3 * longest,
-            handover=2 * ttl + 5000,
+            register=register,
+            live=register + slack,
+            silent=register + slack,
+            stale=3 * register,
+            keep=4 * register,
         )
 
 
@@ -220,41 +247,44 @@ class Script:
 #   1 holder id, 2 ttl ms, 3 a token (the highest seen, or the run's),
 #   4 this node's registry entry (encodeEntry; '' to leave it), 5 the
 #   registry's keep ms, 6 '1' to initialize a lock with no fencing counter,
-#   7 the live window ms (Windows.live).
-def nodeArguments(holderId, ttl, token, entry, windows, initialize):
-    return (holderId, int(ttl), int(token), entry, windows.keep, "1" if initialize else "0", windows.live)
+#   7 the live window ms (Windows.live), 8 the release channel ('' for none).
+def nodeArguments(holderId, ttl, token, entry, windows, initialize, channel=""):
+    return (holderId, int(ttl), int(token), entry, windows.keep, "1" if initialize else "0", windows.live,
+            channel or "")
 
 
 _NOW = """
-local function now()
-  local t = redis.call('TIME')
-  return t[1] * 1000 + math.floor(t[2] / 1000)
+local now = nil
+local function clock()
+  if not now then
+    local t = redis.call('TIME')
+    now = t[1] * 1000 + math.floor(t[2] / 1000)
+  end
+  return now
 end
 """
 
-# Record this node (KEYS[3], ARGV[1]) as "<seen> <ARGV[4]>".
+# Record this node (KEYS[3], ARGV[1]) as "<seen> <ARGV[4]>", if given.
 _REGISTER_FUNCTION = """
 local function register()
   if ARGV[4] == '' then return end
   if redis.replicate_commands then redis.replicate_commands() end
-  redis.call('HSET', KEYS[3], ARGV[1], now() .. ' ' .. ARGV[4])
+  redis.call('HSET', KEYS[3], ARGV[1], clock() .. ' ' .. ARGV[4])
   redis.call('PEXPIRE', KEYS[3], ARGV[5])
 end
 """
 
 # A standby's place in line: how many live standbys (entries that say
-# "standby", seen within ARGV[7] ms) have a smaller id.  The first in line
-# tries right when the lock frees, the others a little later each (see
-# beatcop.standby), so that a hundred standbys do not all hit Redis in the
-# same instant; whoever is first still wins at once.  A holder that crashed
-# or is stopping still has a fresh entry, but will never try: not counted.
+# "standby", seen within ARGV[7] ms) have a smaller id, the holder
+# (ARGV[9] here: the lock's value) left out.  The first in line checks when
+# the lease can expire, the others later (see beatcop.standby), so that a
+# hundred standbys cost Redis a trickle; whoever is first still wins at once.
 _RANK_FUNCTION = """
-local function rank()
+local function rank(holder)
   local entries = redis.call('HGETALL', KEYS[3])
   if #entries == 0 then return 0 end
-  local t = now()
+  local t = clock()
   local live = tonumber(ARGV[7])
-  local holder = redis.call('GET', KEYS[1])
   local before = 0
   for i = 1, #entries, 2 do
     local id = entries[i]
@@ -269,57 +299,84 @@ local function rank()
 end
 """
 
+# The holder id in a lock's value, without an operator's request.
+_BASE_FUNCTION = """
+local function base(value)
+  local bar = string.find(value, '|', 1, true)
+  if bar then return string.sub(value, 1, bar - 1), string.sub(value, bar) end
+  return value, ''
+end
+"""
+
 ACQUIRE = Script(
     "acquire",
     """
 -- KEYS[1] lock, KEYS[2] fencing counter, KEYS[3] registry, KEYS[4] pause
--- flag; ARGV as in beatcop.protocol.nodeArguments, ARGV[3] the highest
--- token this node has seen (0 if none): the counter never goes below it, so
--- tokens keep growing even if Redis lost the counter.
+-- information; ARGV as in
+-- beatcop.protocol.nodeArguments, ARGV[3] the highest token this node has
+-- seen (0 if none): the counter never goes below it, so tokens keep growing
+-- even if Redis lost the counter.
 """
     + _NOW
     + _REGISTER_FUNCTION
     + _RANK_FUNCTION
+    + _BASE_FUNCTION
     + """register()
 local floor = tonumber(ARGV[3])
-if floor == 0 and ARGV[6] ~= '1' and not redis.call('GET', KEYS[2]) then
-  -- No counter, and this node never saw a token: a lock never used, or a
-  -- Redis that lost its data while a holder may still run its command.  The
-  -- two look the same, so the caller waits one lease (seeing this) before it
-  -- may initialize the lock (ARGV[6] = '1'); a live holder reclaims first.
-  return {0, 0, -4, 'beatcop:empty', rank()}
-end
-if redis.call('EXISTS', KEYS[4]) == 1 then
-  -- Paused by an operator: nobody acquires until resumed.
-  return {0, tonumber(redis.call('GET', KEYS[2]) or '0'), -3, 'beatcop:paused'}
-end
-if floor > 0 and not redis.call('GET', KEYS[2]) then
-  -- The counter is gone although this node saw a token: Redis lost its data
-  -- (restarted empty, failed over to a stale replica).  The holder may still
-  -- run its command without knowing yet.  Restore the counter and block the
-  -- lock for one lease with a placeholder that only the holder's reclaim may
-  -- replace; if the holder is gone, it expires and the standbys take over.
-  redis.call('SET', KEYS[2], floor)
-  redis.call('SET', KEYS[1], 'beatcop:lost-data', 'NX', 'PX', ARGV[2])
-  return {0, floor, redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[1]), rank()}
-end
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  -- Ours already: an earlier attempt of this node was applied after it had
-  -- given up on its answer (a reply timeout).  Take it up, with the token
-  -- that acquisition drew, rather than wait a whole TTL for it to expire.
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return {1, math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), floor), tonumber(ARGV[2]), ARGV[1]}
-end
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  local token = redis.call('INCR', KEYS[2])
-  if token <= floor then
-    token = floor + 1
-    redis.call('SET', KEYS[2], token)
+local value = redis.call('GET', KEYS[1])
+if value then
+  local holder, request = base(value)
+  if value == ARGV[1] then
+    -- Ours already: an earlier attempt of this node was applied after it
+    -- had given up on its answer (a reply timeout).  Take it up, with the
+    -- token that acquisition drew, rather than wait a whole TTL for it.
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return {1, math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), floor), tonumber(ARGV[2]), ARGV[1]}
   end
-  return {1, token, tonumber(ARGV[2]), ARGV[1]}
+  local fence = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if value == 'beatcop:paused' or request == '|paused' then
+    -- Paused by an operator: nobody acquires until resumed.
+    return {0, fence, -3, 'beatcop:paused', rank(holder)}
+  end
+  return {0, fence, redis.call('PTTL', KEYS[1]), holder, rank(holder)}
 end
-local fence = tonumber(redis.call('GET', KEYS[2]) or '0')
-return {0, fence, redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[1]), rank()}
+-- Free.
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  -- Paused while held, and the holder died before it saw the pause: the
+  -- pause outlives it (what it leaves in its place while alive).
+  redis.call('SET', KEYS[1], 'beatcop:paused')
+  return {0, tonumber(redis.call('GET', KEYS[2]) or '0'), -3, 'beatcop:paused', rank(false)}
+end
+if not redis.call('GET', KEYS[2]) then
+  if floor == 0 and ARGV[6] ~= '1' then
+    -- No counter, and this node never saw a token: a lock never used, or a
+    -- Redis that lost its data while a holder may still run its command.
+    -- The two look the same, so the caller waits one lease (seeing this)
+    -- before it may initialize the lock (ARGV[6] = '1'); a live holder
+    -- reclaims first.
+    return {0, 0, -4, 'beatcop:empty', rank(false)}
+  end
+  if floor > 0 then
+    -- The counter is gone although this node saw a token: Redis lost its
+    -- data (restarted empty, failed over to a stale replica).  The holder
+    -- may still run its command without knowing yet.  Restore the counter
+    -- and block the lock for one lease with a placeholder that only the
+    -- holder's reclaim may replace; if the holder is gone, it expires.
+    redis.call('SET', KEYS[2], floor)
+    redis.call('SET', KEYS[1], 'beatcop:lost-data', 'PX', ARGV[2])
+    return {0, floor, tonumber(ARGV[2]), 'beatcop:lost-data', rank(false)}
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local token = redis.call('INCR', KEYS[2])
+if token <= floor then
+  token = floor + 1
+  redis.call('SET', KEYS[2], token)
+end
+if ARGV[8] ~= '' then
+  redis.call('PUBLISH', ARGV[8], 'acquired:' .. token)
+end
+return {1, token, tonumber(ARGV[2]), ARGV[1]}
 """,
 )
 
@@ -328,8 +385,6 @@ RECLAIM = Script(
     """
 -- KEYS[1] lock, KEYS[2] fencing counter; ARGV[1] holder id, ARGV[2] ttl ms,
 -- ARGV[3] the token our running command holds.  Same reply shape as acquire.
--- (Not refused while paused: the holder stops its command on its next
--- refresh anyway, and reclaiming keeps that stop orderly.)
 -- A counter above our token means another node acquired since Redis lost
 -- our key: our lease did not continue, so it cannot be taken back.
 local current = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -355,27 +410,26 @@ return {0, fence, redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[1])}
 REFRESH = Script(
     "refresh",
     """
--- KEYS[1] lock, KEYS[3] registry, KEYS[4] pause flag, KEYS[5] handover
--- request.  1: refreshed; 2: refreshed, and an operator asked this holder
--- to hand over; 3: refreshed, and an operator paused the command; 0: the key
--- is gone (or a standby's placeholder after data loss stands in its place:
--- the holder reclaims); -1: someone else holds it.
+-- KEYS[1] lock, KEYS[3] registry.  1: refreshed; 2: refreshed, and an
+-- operator asked this holder to hand over; 3: refreshed, and an operator
+-- paused the command; 0: the key is gone (or a standby's placeholder after
+-- data loss stands in its place: the holder reclaims); -1: someone else
+-- holds it.  The requests ride on the value, so one GET sees them.
 """
     + _NOW
     + _REGISTER_FUNCTION
     + """register()
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
+local value = redis.call('GET', KEYS[1])
+if value == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  if redis.call('EXISTS', KEYS[4]) == 1 then
-    return 3
-  end
-  if redis.call('GET', KEYS[5]) == ARGV[1] then
-    redis.call('DEL', KEYS[5])
-    return 2
-  end
   return 1
-elseif holder and holder ~= 'beatcop:lost-data' then
+elseif value == ARGV[1] .. '|handover' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 2
+elseif value == ARGV[1] .. '|paused' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 3
+elseif value and value ~= 'beatcop:lost-data' then
   return -1
 end
 return 0
@@ -386,7 +440,7 @@ REGISTER = Script(
     "register",
     """
 -- Same keys and arguments as acquire and refresh: record this node's state
--- in the registry now (on a change of state, between attempts/refreshes).
+-- in the registry now (on a change of state).
 """
     + _NOW
     + _REGISTER_FUNCTION
@@ -400,8 +454,14 @@ RELEASE = Script(
     """
 -- KEYS[1] lock; ARGV[1] holder id, ARGV[2] the channel to tell standbys on
 -- ('' for none).  Published in the same step as the DEL, so that a standby
--- that hears it can take the lock at once.
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+-- that hears it can take the lock at once.  A holder paused by an operator
+-- leaves the pause in its place (no expiry: until resumed).
+local value = redis.call('GET', KEYS[1])
+if value == ARGV[1] .. '|paused' then
+  redis.call('SET', KEYS[1], 'beatcop:paused')
+  return 1
+end
+if value == ARGV[1] or value == ARGV[1] .. '|handover' then
   redis.call('DEL', KEYS[1])
   if ARGV[2] ~= '' then
     redis.call('PUBLISH', ARGV[2], ARGV[1])
@@ -412,11 +472,85 @@ return 0
 """,
 )
 
+# -- the operator's scripts (beatcop.control) --------------------------------
+
+_KEEP_TTL_FUNCTION = """
+local function replace(value)
+  -- The lock's value, its expiry kept (KEEPTTL needs Redis 6).
+  local left = redis.call('PTTL', KEYS[1])
+  if left > 0 then
+    redis.call('SET', KEYS[1], value, 'PX', left)
+  else
+    redis.call('SET', KEYS[1], value)
+  end
+end
+"""
+
+PAUSE = Script(
+    "pause",
+    """
+-- KEYS[1] lock, KEYS[2] pause information; ARGV[1] the information (JSON).
+-- The holder sees the pause at its next refresh, stops and leaves the
+-- pause in its place; a free lock is paused at once.
+"""
+    + _BASE_FUNCTION
+    + _KEEP_TTL_FUNCTION
+    + """redis.call('SET', KEYS[2], ARGV[1])
+local value = redis.call('GET', KEYS[1])
+if not value or value == 'beatcop:lost-data' then
+  redis.call('SET', KEYS[1], 'beatcop:paused')
+elseif value ~= 'beatcop:paused' then
+  local holder = base(value)
+  replace(holder .. '|paused')
+end
+return 1
+""",
+)
+
+RESUME = Script(
+    "resume",
+    """
+-- KEYS[1] lock, KEYS[2] pause information.  1 if a pause was lifted.  The
+-- caller announces it on the release channel (a proxy may lack PUBLISH).
+"""
+    + _BASE_FUNCTION
+    + _KEEP_TTL_FUNCTION
+    + """local info = redis.call('DEL', KEYS[2])
+local value = redis.call('GET', KEYS[1])
+local lifted = info
+if value == 'beatcop:paused' then
+  redis.call('DEL', KEYS[1])
+  lifted = 1
+elseif value then
+  local holder, request = base(value)
+  if request == '|paused' then
+    replace(holder)
+    lifted = 1
+  end
+end
+return lifted
+""",
+)
+
+HANDOVER = Script(
+    "handover",
+    """
+-- KEYS[1] lock; ARGV[1] the holder asked to hand over (and only it: a
+-- request cannot hit the next holder).  1 if it was still the holder.
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  local left = redis.call('PTTL', KEYS[1])
+  redis.call('SET', KEYS[1], ARGV[1] .. '|handover', 'PX', math.max(left, 1))
+  return 1
+end
+return 0
+""",
+)
+
 STATUS = Script(
     "status",
     """
 -- KEYS[1] lock, KEYS[2] fencing counter, KEYS[3] registry, KEYS[4] pause
--- flag: one round trip, one consistent picture (beatcop status).
+-- information: one round trip, one consistent picture (beatcop status).
 """
     + _NOW
     + """
@@ -426,14 +560,29 @@ return {
   redis.call('GET', KEYS[2]) or false,
   redis.call('GET', KEYS[4]) or false,
   redis.call('HGETALL', KEYS[3]),
-  now(),
+  clock(),
 }
 """,
 )
 
 
+def splitValue(value):
+    """
+    A lock's value as C{(holder id, request)}: C{request} is C{"handover"},
+    C{"paused"} or C{None}; the holder is C{None} for a free lock, and
+    L{PAUSED} or L{LOST_DATA} for those placeholders.
+    """
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not value:
+        return None, None
+    holder, bar, request = value.partition("|")
+    return holder, (request or None) if bar else None
+
+
 __all__ = [
-    "LOST_DATA", "PAUSED", "EMPTY", "STANDBY", "clusterSlot", "companionName", "LockKeys", "Windows",
-    "encodeEntry", "decodeEntry", "Entry", "Script", "nodeArguments", "ACQUIRE", "RECLAIM", "REFRESH",
-    "REGISTER", "RELEASE", "STATUS",
+    "LOST_DATA", "PAUSED", "EMPTY", "STANDBY", "HANDOVER_SUFFIX", "PAUSED_SUFFIX", "RESUME_MESSAGE",
+    "ACQUIRED_PREFIX", "clusterSlot", "companionName", "LockKeys", "Windows", "encodeEntry", "decodeEntry",
+    "Entry", "Script", "nodeArguments", "splitValue", "ACQUIRE", "RECLAIM", "REFRESH", "REGISTER", "RELEASE",
+    "PAUSE", "RESUME", "HANDOVER", "STATUS",
 ]

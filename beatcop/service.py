@@ -31,14 +31,16 @@ from zope.interface import implementer
 
 from . import __version__, standby
 from .containment import detectContainment
-from .errors import EX_OK, EX_SOFTWARE, EX_UNAVAILABLE, BeatCopError, NodeFinished, RedisUnreachable
+from .errors import EX_OK, EX_SOFTWARE, EX_UNAVAILABLE, BeatCopError, EvictionRisk, NodeFinished, RedisUnreachable
 from .interfaces import INode
 from .lease import LeaseDeadline
 from .lock import EMPTY, RedisLock, RefreshOutcome
 from .notify import ReleaseListener
 from .observers import NodeObserver, Observers
+from .cadence import RegistryCadence
 from .protocol import Windows
 from .states import ANNOUNCED, HOLDING, TRANSITIONS, NodeState
+from .eviction import checkEviction
 from .startup import checkRedis, prepareClient
 from .supervisor import CommandSupervisor
 
@@ -90,6 +92,7 @@ class BeatCopService(service.Service):
             from twisted.internet import reactor
         self.config = config
         self.timing = config.timing
+        self.windows = Windows.of(config.ttl, config.standbyMaxWait)
         self._reactor = reactor
         self._monotonic = monotonic
         self._random = randomSource or random.Random()
@@ -110,12 +113,14 @@ class BeatCopService(service.Service):
         self._finishedWaiters = []
         self._stateWaiters = []
         self._redisFailing = False
+        self.cadence = RegistryCadence(monotonic, self.windows.register / 1000.0)
         self.standby = standby.StandbyLoop(
-            reactor, self.timing, self.lock, monotonic, self._random, self._track,
+            reactor, self.timing, self.lock, monotonic, self._random, self._track, self.cadence,
             mayAttempt=lambda: self.state is NodeState.STANDBY,
             beforeAttempt=self.supervisor.arm,
             onAnswer=self._attempted,
             onFailure=self._attemptFailed,
+            onChecked=self._redisRecovered,
         )
         # holding
         self._refreshLoop = None
@@ -131,7 +136,7 @@ class BeatCopService(service.Service):
             useEvalSha=not config.redis.proxy,
             notify=config.notify,
             describe=self.describe,
-            windows=Windows.of(config.ttl, config.standbyMaxWait),
+            windows=self.windows,
         )
 
     # -- public API ------------------------------------------------------
@@ -261,8 +266,13 @@ class BeatCopService(service.Service):
             raise RuntimeError(f"BeatCop bug: no transition from {self.state.name} to {newState.name}")
         oldState, self.state = self.state, newState
         self._tell("stateChanged", oldState, newState)
-        if newState in ANNOUNCED and self.client.connected:
+        if newState in ANNOUNCED and self.client.connected and not (
+            oldState is NodeState.CONNECTING and newState is NodeState.STANDBY
+        ):
             # Best effort: the next attempt or refresh records it anyway.
+            # (A node that just connected records itself with its first
+            # attempt, which follows at once.)
+            self.cadence.sent()
             self.lock.register().addErrback(lambda failure: None)
         if newState in HOLDING:
             self._startRefreshing()
@@ -363,6 +373,7 @@ class BeatCopService(service.Service):
             holder=self.lock.holderId,
             lock=self.lock.lockName,
         )
+        self.client.notifyOnConnect(self._reconnected)
         self._moveTo(NodeState.STANDBY)
         if self.config.notify and self.lock.releaseChannel is not None:
             self.standby.startListener(self._listenerFactory(
@@ -425,6 +436,28 @@ class BeatCopService(service.Service):
             self.log.info("Redis answering again")
             self._tell("redisAvailable", True)
 
+    def _reconnected(self):
+        self._track(self._recheckEviction())
+
+    @defer.inlineCallbacks
+    def _recheckEviction(self):
+        """
+        A new connection may reach another server (a failover, a restart
+        with another configuration): check its eviction policy as at
+        start-up, and leave cleanly (the command stopped, the lock
+        released) if it may now evict the lease.
+        """
+        try:
+            yield checkEviction(self.client, self.config.redis)
+        except EvictionRisk as e:
+            if self.state is NodeState.FINISHED or not self.running:
+                return
+            self.log.error("Leaving: {error}", error=str(e))
+            self.exitCode = e.exitCode
+            self.stopService()
+        except BeatCopError:
+            pass  # failing again: the standby loop or the refreshes see it
+
     # -- holding the lease -----------------------------------------------
 
     def _startRefreshing(self):
@@ -448,7 +481,10 @@ class BeatCopService(service.Service):
         """
         if self.holdsLease:
             sentAt = self._monotonic()
-            d = self.lock.refresh()
+            register = self.cadence.due()
+            if register:
+                self.cadence.sent()
+            d = self.lock.refresh(register=register)
             d.addCallbacks(self._refreshed, self._refreshFailed, callbackArgs=(sentAt,))
             self._track(d)
 
@@ -491,6 +527,7 @@ class BeatCopService(service.Service):
     def _refreshFailed(self, failure):
         failure.trap(BeatCopError)
         self._tell("refreshFailed", failure.value)
+        self._redisFailed(failure)
         if self.holdsLease:
             self.log.warn(
                 "Lease refresh failed: {error}; the lease is proven for {left:.0f} ms more",

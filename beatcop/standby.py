@@ -1,33 +1,42 @@
 """
-How a standby waits: when it tries the lock again, how it takes turns with
-the other standbys, and whether it listens for releases.  The policy is pure
-functions of what the last attempt said, the configuration's timing and a
-jitter drawn by the caller, so that it is tested without a clock; the
+How a standby waits: when it looks at the lock again, how it takes turns
+with the other standbys, and whether it listens for releases.  The policy is
+pure functions of what the last answer said, the configuration's timing and
+a jitter drawn by the caller, so that it is tested without a clock; the
 L{StandbyLoop} below keeps the few facts a standby learns and schedules its
-attempts by that policy.
+looks by that policy.
 
-  - A standby tries again right when the holder's lease can expire (the
-    attempt's reply said how long it has left), never later than
-    C{standby_max_wait}; a key that vanished in between is worth trying at
-    once, one without an expiry (set by hand) only at the longest wait.
-  - Standbys take turns: the attempt also says how many live standbys come
-    before this one (its rank), and rank I{r} tries I{r} x L{RANK_STEP}
-    after the first (never more than half a lease later), so that a hundred
-    standbys cost Redis a trickle, not a burst, and the first in line still
-    takes over at once.
-  - Only the first L{LISTENING_RANKS} listen for release announcements: a
-    hundred listeners woken by every release would delay the one that
-    matters on a small host; the others find a free lock at their next poll,
-    as they would after a lost announcement.
+  - A look is cheap: one C{PTTL} (L{beatcop.interfaces.ILease.check}).  A
+    whole attempt (the acquire script, which also writes the node's registry
+    entry and says its place in line) follows only when the lock is free, a
+    release or a resume was announced, the lock has no expiry for a reason
+    the standby does not know yet, and every L{beatcop.protocol.Windows}
+    C{register} (the registry's cadence, L{beatcop.cadence}).
+  - A standby looks again right when the holder's lease can expire (the
+    last answer said how long it has left), never later than
+    C{standby_max_wait}; a lock without an expiry (paused) is looked at
+    again at the longest wait.
+  - Standbys take turns: the first in line (rank 0) looks when the lease can
+    expire; those further back one lease later, in the order of their ranks
+    (L{RANK_STEP} apart), so that a hundred standbys cost Redis a trickle
+    while the first still takes over at once, and the second a lease later
+    should the first be gone too.
+  - Only the first L{LISTENING_RANKS} listen for announcements (releases,
+    resumes, and the tokens of new holders): a hundred listeners woken by
+    every release would delay the one that matters on a small host; the
+    others find a free lock at their next look, as they would after a lost
+    announcement.
   - L{ATTEMPT_SPREAD} of jitter keeps two standbys of the same rank (their
     view of the registry differs for a moment) from sending in the same
     instant.
 """
 
+import enum
+
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from .protocol import LOST_DATA
+from .protocol import ACQUIRED_PREFIX, LOST_DATA
 from .protocol import PAUSED as PAUSED_HOLDER
 
 ATTEMPT_SPREAD = 0.002
@@ -48,17 +57,18 @@ def turn(rank, timing):
     return min(rank * RANK_STEP, timing.ttl / 2)
 
 
-def nextAttempt(pttl, rank, timing, jitter):
+def nextLook(pttl, rank, timing, jitter):
     """
-    Seconds until the next attempt, after one that found the lock held.
+    Seconds until the next look, after one that found the lock held.
 
     @param pttl: the holder's lease left, in ms (PTTL's answer), or
-        L{PAUSED}.
+        L{PAUSED}, or L{NO_EXPIRY}.
     @param jitter: a random number in C{[0, ATTEMPT_SPREAD)}.
     """
     maxWait = timing.standbyMaxWait
     if pttl >= 0:
-        delay = min(maxWait, pttl / 1000.0 + 0.001 + turn(rank, timing))
+        behind = timing.ttl if rank > 0 else 0.0
+        delay = min(maxWait, pttl / 1000.0 + 0.001 + behind + turn(rank, timing))
     elif pttl == GONE:
         delay = 0.0
     else:
@@ -80,6 +90,17 @@ def listens(rank):
     return rank < LISTENING_RANKS
 
 
+def watchesItsRank(rank):
+    """
+    Whether the standby of rank C{rank} makes every look a whole attempt,
+    to learn its place in line: those just behind the listeners, who move
+    up (and start listening) when a listener takes the lock, an event a
+    check cannot see.  The listeners learn it from the announcement of the
+    new holder's token; the standbys further back at the registry's cadence.
+    """
+    return LISTENING_RANKS <= rank < 2 * LISTENING_RANKS
+
+
 def emptyLockWait(emptySince, now, rank, timing, jitter):
     """
     Seconds until the next attempt on a lock whose fencing counter is
@@ -99,30 +120,41 @@ def mayInitialize(emptySince, now, timing):
 
 
 
+class Look(enum.Enum):
+    """
+    What a standby's next look at the lock is.
+    """
+
+    CHECK = "check"  # a PTTL, or a whole attempt when the registry is due
+    ATTEMPT = "attempt"  # a whole attempt, whatever the registry's cadence
+
+
 class StandbyLoop:
     """
-    A standby's side of a node: its attempts at the times the policy above
-    says, what their answers teach it (its rank, a missing counter, a
-    pause), and its release listener while it is near the front.  The node
-    (L{beatcop.service}) decides whether it stands by at all and what an
-    answer that wins the lease means.
+    A standby's side of a node: its looks at the lock at the times the
+    policy above says, what their answers teach it (its rank, a missing
+    counter, a pause, the newest token), and its listener while it is near
+    the front.  The node (L{beatcop.service}) decides whether it stands by
+    at all and what an answer that wins the lease means.
 
-    @ivar rank: this node's place in line, from the last answer.
+    @ivar rank: this node's place in line, from the last whole attempt.
     """
 
     log = Logger(namespace="beatcop.service.BeatCopService")
 
-    def __init__(self, clock, timing, lease, monotonic, randomSource, track,
-                 mayAttempt, beforeAttempt, onAnswer, onFailure):
+    def __init__(self, clock, timing, lease, monotonic, randomSource, track, cadence,
+                 mayAttempt, beforeAttempt, onAnswer, onFailure, onChecked=lambda: None):
         """
         @param lease: the node's L{beatcop.interfaces.ILease}.
         @param track: ends a Deferred's chain with the node's bug handler.
+        @param cadence: the node's L{beatcop.cadence.RegistryCadence}.
         @param mayAttempt: whether the node stands by now.
-        @param beforeAttempt: called before each attempt (the guard is
-            started ahead then).
+        @param beforeAttempt: called before each look (the guard is started
+            ahead then, if it is not waiting already).
         @param onAnswer: called with each L{beatcop.lock.Attempt} and when
             it was sent.
-        @param onFailure: called with the failure of an attempt.
+        @param onFailure: called with the failure of a look.
+        @param onChecked: called when a check was answered (Redis answers).
         """
         self._clock = clock
         self._timing = timing
@@ -130,47 +162,99 @@ class StandbyLoop:
         self._monotonic = monotonic
         self._random = randomSource
         self._track = track
+        self._cadence = cadence
         self._mayAttempt = mayAttempt
         self._beforeAttempt = beforeAttempt
         self._onAnswer = onAnswer
         self._onFailure = onFailure
+        self._onChecked = onChecked
         self.listener = None
         self.rank = 0
         self._call = None
         self._inFlight = None
+        self._checking = False
         self._emptySince = None  # when this node first found no fencing counter
         self._notBefore = 0.0  # releases heard before this are for the others
         self._pausedSeen = False
+        self._noExpiryKnown = False  # the last attempt said why the lock has no expiry
 
     @property
     def inFlight(self):
         """
-        Whether an attempt is waiting for its answer.
+        Whether a whole attempt (which may win the lease) awaits its answer.
         """
         return self._inFlight is not None
 
     def _jitter(self):
         return self._random.uniform(0, ATTEMPT_SPREAD)
 
-    def schedule(self, delay):
+    def schedule(self, delay, look=Look.CHECK):
         self.cancel()
-        self._call = self._clock.callLater(delay, self.attempt)
+        self._call = self._clock.callLater(delay, self.attempt if look is Look.ATTEMPT else self.look)
 
     def cancel(self):
         call, self._call = self._call, None
         if call is not None and call.active():
             call.cancel()
 
-    def attempt(self):
+    def look(self):
         """
-        Try the lock once (now), if the node stands by.
+        Look at the lock (now): a check, or a whole attempt when the
+        registry is due or this node's place in line may have changed
+        unseen (L{watchesItsRank}).
         """
+        if self._cadence.due() or watchesItsRank(self.rank):
+            self.attempt()
+        else:
+            self.check()
+
+    def check(self):
+        """
+        The cheap look (one PTTL): it decides whether a whole attempt is
+        worth it now.
+        """
+        if not self._mayAttempt() or self._checking or self.inFlight:
+            return
+        self._checking = True
+        self._beforeAttempt()
+        d = self._lease.check()
+
+        def settled(result):
+            self._checking = False
+            return result
+
+        d.addBoth(settled)
+        d.addCallbacks(self._checked, self._onFailure)
+        self._track(d)
+
+    def _checked(self, pttl):
         if not self._mayAttempt():
             return
+        self._onChecked()
+        if pttl == GONE or (pttl == NO_EXPIRY and not self._noExpiryKnown):
+            # Free (or without an expiry for a reason to learn): try.
+            self.attempt()
+            return
+        if pttl >= 0:
+            self._noExpiryKnown = False
+        self.schedule(nextLook(pttl, self.rank, self._timing, self._jitter()))
+
+    def attempt(self):
+        """
+        Try the lock once (now), if the node stands by; the attempt also
+        writes this node's registry entry when the registry's cadence says
+        it is due.
+        """
+        if not self._mayAttempt() or self.inFlight:
+            return
+        self.cancel()
         self._beforeAttempt()
         sentAt = self._monotonic()
+        register = self._cadence.due()
+        if register:
+            self._cadence.sent()
         d = self._inFlight = self._lease.acquire(
-            initialize=mayInitialize(self._emptySince, sentAt, self._timing)
+            initialize=mayInitialize(self._emptySince, sentAt, self._timing), register=register
         )
 
         def settled(result):
@@ -185,14 +269,16 @@ class StandbyLoop:
 
     def acquired(self):
         self._pausedSeen = False
+        self._noExpiryKnown = False
         self.listen()
 
     def heldBy(self, attempt):
         """
         The lock is held (by another node, an operator's pause, or a
-        placeholder after data loss): try again when it can free.
+        placeholder after data loss): look again when it can free.
         """
         self._emptySince = None
+        self._noExpiryKnown = attempt.pttl < 0
         if attempt.holder == PAUSED_HOLDER:
             if not self._pausedSeen:
                 self._pausedSeen = True
@@ -209,7 +295,12 @@ class StandbyLoop:
             )
         self.rank = attempt.rank
         self.listen()
-        self.schedule(nextAttempt(attempt.pttl, self.rank, self._timing, self._jitter()))
+        if attempt.pttl == GONE:
+            # Freed in between (the script read the holder, then its key
+            # expired): try again at once.
+            self.schedule(self._jitter(), Look.ATTEMPT)
+        else:
+            self.schedule(nextLook(attempt.pttl, self.rank, self._timing, self._jitter()))
 
     def noCounter(self, sentAt):
         """
@@ -225,7 +316,9 @@ class StandbyLoop:
                 lock=self._lease.lockName,
                 ttl=self._timing.ttl,
             )
-        self.schedule(emptyLockWait(self._emptySince, self._monotonic(), self.rank, self._timing, self._jitter()))
+        self.schedule(
+            emptyLockWait(self._emptySince, self._monotonic(), self.rank, self._timing, self._jitter()), Look.ATTEMPT
+        )
 
     def failed(self):
         self.schedule(self._timing.refreshInterval)
@@ -237,24 +330,24 @@ class StandbyLoop:
         lease later, to let the other nodes take it first.
         """
         if paused:
-            self.schedule(nextAttempt(PAUSED, self.rank, self._timing, self._jitter()))
+            self.schedule(nextLook(PAUSED, self.rank, self._timing, self._jitter()), Look.ATTEMPT)
             return
         self._notBefore = self._monotonic() + self._timing.ttl
         self.schedule(self._timing.ttl + self._jitter())
 
-    # -- releases --------------------------------------------------------
+    # -- announcements ---------------------------------------------------
 
     def startListener(self, listener):
         """
-        Take the release listener; it starts once an attempt told this node
-        its place in line.
+        Take the listener; it starts once an attempt told this node its
+        place in line.
         """
         self.listener = listener
 
     def listen(self):
         """
-        Listen for releases while among the first standbys in line; stop
-        further back, and while not standing by.
+        Listen while among the first standbys in line; stop further back,
+        and while not standing by.
         """
         listener = self.listener
         if listener is None:
@@ -264,17 +357,34 @@ class StandbyLoop:
         elif listener.active:
             listener.stop().addErrback(lambda failure: self.log.failure("Closing the release listener", failure))
 
-    def releaseAnnounced(self, holderId):
+    def releaseAnnounced(self, message):
         """
-        The holder released the lock (or the listener may have missed a
-        release): try at once, in this node's turn.
+        An announcement on the lock's channel: a node acquired with a token
+        (C{acquired:N}: the floor of this node's tokens; the new holder may
+        have been ahead in line, so an attempt in this node's turn learns
+        its new place), or the holder released, or an operator resumed, or
+        the listener may have missed one (C{None}): try at once, in this
+        node's turn.
         """
+        if isinstance(message, bytes):
+            message = message.decode("utf-8", "replace")
+        if message is not None and message.startswith(ACQUIRED_PREFIX):
+            try:
+                self._lease.sawToken(int(message[len(ACQUIRED_PREFIX):]))
+            except ValueError:
+                self.log.warn("Ignoring a malformed announcement on the release channel: {message!r}",
+                              message=message)
+                return
+            if self._mayAttempt() and not self.inFlight:
+                self.schedule(afterRelease(self.rank, self._timing, self._jitter()), Look.ATTEMPT)
+            return
         if self._mayAttempt() and self._monotonic() >= self._notBefore:
-            self.schedule(afterRelease(self.rank, self._timing, self._jitter()))
+            self._noExpiryKnown = False
+            self.schedule(afterRelease(self.rank, self._timing, self._jitter()), Look.ATTEMPT)
 
     def close(self):
         """
-        No more attempts, no more listening.
+        No more looks, no more listening.
 
         @return: a Deferred firing once the listener's connection is closed.
         """
@@ -285,6 +395,6 @@ class StandbyLoop:
 
 
 __all__ = [
-    "ATTEMPT_SPREAD", "RANK_STEP", "LISTENING_RANKS", "turn", "nextAttempt", "afterRelease", "listens",
-    "emptyLockWait", "mayInitialize", "StandbyLoop",
+    "ATTEMPT_SPREAD", "RANK_STEP", "LISTENING_RANKS", "turn", "nextLook", "afterRelease", "listens", "watchesItsRank",
+    "emptyLockWait", "mayInitialize", "Look", "StandbyLoop",
 ]

@@ -8,6 +8,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from .errors import RedisProtocolError
+from .eviction import checkEviction
 
 MINIMUM_REDIS = (2, 6, 12)
 
@@ -41,7 +42,7 @@ def prepareClient(reactor, config, startEmbedded=True):
 
 def redisVersion(info):
     """
-    The version in an C{INFO server} reply, as a tuple of ints.
+    The version in an C{INFO} reply, as a tuple of ints.
     """
     if isinstance(info, bytes):
         info = info.decode("utf-8", "replace")
@@ -51,7 +52,7 @@ def redisVersion(info):
                 return tuple(int(part) for part in line.split(":", 1)[1].strip().split(".")[:3])
             except ValueError:
                 break
-    raise RedisProtocolError(f"unexpected reply to INFO server: no redis_version in {str(info)[:80]!r}")
+    raise RedisProtocolError(f"unexpected reply to INFO: no redis_version in {str(info)[:80]!r}")
 
 
 def _isClusterNode(info):
@@ -64,8 +65,8 @@ def _isClusterNode(info):
 def checkRedis(client, config):
     """
     Check that the Redis behind C{client} is one a node can use: new enough
-    (scripts, C{SET NX PX}), of the topology configured, and (Cluster)
-    serving the lock's slot.
+    (scripts, C{SET NX PX}), of the topology configured, (Cluster) serving
+    the lock's slot, and unable to evict the lease (L{checkEviction}).
 
     @return: a Deferred firing with the version (C{None} through a proxy,
         which has no INFO), or failing with a L{beatcop.errors.BeatCopError}.
@@ -76,7 +77,8 @@ def checkRedis(client, config):
         # proxy reaches the lock's Redis.
         yield client.execute("PTTL", config.lockName)
         return None
-    info = yield client.execute("INFO", "server")
+    # The default sections hold both the server's and the memory's.
+    info = yield client.execute("INFO")
     version = redisVersion(info)
     if version < MINIMUM_REDIS:
         raise RedisProtocolError(
@@ -91,6 +93,7 @@ def checkRedis(client, config):
     if redis.startupNodes:
         # Redis Cluster: a node must serve the lock's slot.
         yield client.execute("PTTL", config.lockName)
+    yield checkEviction(client, redis, info)
     return version
 
 

@@ -26,6 +26,7 @@ from .model import (
     Config,
     defaultKillGrace,
     defaultRefreshInterval,
+    defaultStandbyMaxWait,
     defaultSafetyMargin,
     timingProblem,
 )
@@ -64,6 +65,8 @@ KEYS = (
     ("redis", "wait_replicas", "every acquisition and refresh counts only once this many replicas have it (default 0)"),
     ("redis", "wait_timeout", "milliseconds the WAIT for replicas waits (default reply_timeout/2)"),
     ("redis", "proxy", "yes: Redis is behind a proxy such as twemproxy"),
+    ("redis", "allow_eviction", "yes: run on a Redis whose maxmemory-policy can evict the lock, with a warning"
+     " (default no: refuse, exit 78)"),
     ("redis", "connect_timeout", "milliseconds to wait for a Redis connection (default 2000)"),
     ("redis", "reply_timeout", "milliseconds to wait for a Redis reply (default min(1000, timeout/5))"),
     ("beatcop", "command", "the command to keep running on exactly one node"),
@@ -79,7 +82,7 @@ KEYS = (
     ("beatcop", "restart_delay", "first restart delay in ms with on_exit = restart (default 1000)"),
     ("beatcop", "restart_max_delay", "longest restart delay in ms (default 30000)"),
     ("beatcop", "notify", "yes/no: announce releases and listen for them while standing by (default yes)"),
-    ("beatcop", "standby_max_wait", "longest wait in ms between a standby's attempts (default timeout)"),
+    ("beatcop", "standby_max_wait", "longest wait in ms between a standby's looks at the lock (default 2 x timeout)"),
     ("beatcop", "prestart_guard", "yes/no: a standby keeps its lease guard started ahead (default yes)"),
     ("beatcop", "containment", "auto, cgroup or subreaper: how everything the command starts is killed with"
      " its run (default auto)"),
@@ -484,7 +487,7 @@ def loadConfig(path=None, overrides=None, checkProgram=True):
         reader.fail(
             "beatcop", "notify", "must be no with [redis] proxy = yes (proxies have no pub/sub)"
         )
-    standbyMaxWait = reader.milliseconds("beatcop", "standby_max_wait", ttl)
+    standbyMaxWait = reader.milliseconds("beatcop", "standby_max_wait", defaultStandbyMaxWait(ttl))
     metricsPort = None
     if reader.text("beatcop", "metrics_port") is not None:
         metricsPort = _parsePort(

@@ -98,6 +98,16 @@ def defaultReplyTimeout(ttl):
     return min(1000, ttl // 5)
 
 
+def defaultStandbyMaxWait(ttl):
+    """
+    The longest a standby goes between two looks at the lock when the file
+    does not say: two leases.  The first standby in line looks when the
+    lease can expire anyway; those behind it a lease later (see
+    L{beatcop.standby}), which this leaves room for.
+    """
+    return 2 * ttl
+
+
 def defaultRefreshInterval(ttl):
     """
     How often to refresh the lease when the file does not say: three times
@@ -166,7 +176,8 @@ class RedisTiming:
 class Timing:
     """
     A L{Config}'s durations, in seconds: what the code uses (see
-    L{Config.timing}).  C{standbyMaxWait} is the TTL when not configured.
+    L{Config.timing}).  C{standbyMaxWait} is resolved (see
+    L{defaultStandbyMaxWait}).
     """
 
     ttl: float
@@ -255,6 +266,9 @@ class RedisConfig:
         scripts are sent whole (C{EVAL}), no C{INFO}, no pub/sub.
     @ivar secretEnvironment: names of environment variables that hold a
         password (C{password_env}); kept out of the command's environment.
+    @ivar allowEviction: run even on a Redis whose C{maxmemory-policy} can
+        evict the lock under memory pressure (see L{beatcop.eviction}),
+        with a warning instead of a refusal.
     """
 
     host: str | None = None
@@ -281,6 +295,7 @@ class RedisConfig:
     waitTimeout: int = 0
     proxy: bool = False
     secretEnvironment: tuple[str, ...] = ()
+    allowEviction: bool = False
 
     def __post_init__(self):
         # Accept lists from embedders, keep the instance hashable.
@@ -359,9 +374,9 @@ class Config:
         C{"subreaper"}; see L{beatcop.containment}.
     @ivar cgroupParent: the cgroup v2 directory under which each run's
         cgroup is made (default: BeatCop's own cgroup).
-    @ivar standbyMaxWait: the longest a standby waits between two attempts
-        (it normally tries again right when the holder's lease can expire);
-        C{None} means the TTL.
+    @ivar standbyMaxWait: the longest a standby waits between two looks at
+        the lock (the first in line normally looks right when the holder's
+        lease can expire); C{None} means L{defaultStandbyMaxWait}.
     @ivar environment: extra environment variables for the child, on top of
         BeatCop's own environment.
     @ivar source: the file path, or C{"command line"}; used in messages.
@@ -423,7 +438,7 @@ class Config:
             refreshInterval=seconds(self.refreshInterval),
             killGrace=seconds(self.killGrace),
             safetyMargin=seconds(self.safetyMargin),
-            standbyMaxWait=seconds(self.standbyMaxWait or self.ttl),
+            standbyMaxWait=seconds(self.standbyMaxWait or defaultStandbyMaxWait(self.ttl)),
             restartDelay=seconds(self.restartDelay),
             restartMaxDelay=seconds(self.restartMaxDelay),
             redis=self.redis.timing,

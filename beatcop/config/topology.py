@@ -98,6 +98,8 @@ def _readRedis(reader, ttl):
     _readTlsSettings(reader, settings, location)
     _readReplicationSettings(reader, settings)
     _readProxySetting(reader, settings, location)
+    if reader.boolean("redis", "allow_eviction", False):
+        settings["allowEviction"] = True
     settings["secretEnvironment"] = tuple(secrets)
     return RedisConfig(**settings)
 

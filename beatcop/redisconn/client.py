@@ -106,6 +106,7 @@ class RedisClient(ClusterRouting, SentinelDiscovery):
         self._unixSocket = unixSocket
         self._givenEndpoint = endpoint
         self.address = f"unix://{unixSocket}" if unixSocket else redisConfig.describe()
+        self._onConnect = []
 
     def sibling(self, protocolClass):
         """
@@ -179,8 +180,16 @@ class RedisClient(ClusterRouting, SentinelDiscovery):
         attempt.addBoth(done)
         return shared
 
+    def notifyOnConnect(self, callback):
+        self._onConnect.append(callback)
+
     def _adopt(self, proto):
         self._connection = proto
+        for callback in self._onConnect:
+            try:
+                callback()
+            except Exception:
+                self.log.failure("A connection observer failed")
         return proto
 
     def _mainEndpoint(self):

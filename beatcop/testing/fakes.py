@@ -19,7 +19,7 @@ from ..lock import Attempt
 LOCK_NAME = "beatcop-test"
 HOLDER = "here:1:aaaa"
 OTHER = "there:2:bbbb"
-INFO = "# Server\r\nredis_version:7.0.0\r\nredis_mode:standalone\r\n"
+INFO = "# Server\r\nredis_version:7.0.0\r\nredis_mode:standalone\r\n# Memory\r\nmaxmemory:0\r\nmaxmemory_policy:noeviction\r\n"
 
 
 @implementer(IRedisClient)
@@ -40,6 +40,7 @@ class FakeRedisClient:
         self.commands = []
         self.closed = 0
         self.connected = connected
+        self.connectionObservers = []
 
     timing = RedisTiming(connectTimeout=2.0, replyTimeout=1.0, waitTimeout=0.0)
 
@@ -57,6 +58,16 @@ class FakeRedisClient:
         self.connected = True
         return defer.succeed(self)
 
+    def notifyOnConnect(self, callback):
+        self.connectionObservers.append(callback)
+
+    def reconnected(self):
+        """
+        What the test makes happen: a new connection is ready.
+        """
+        for callback in self.connectionObservers:
+            callback()
+
     def disconnect(self):
         self.connected = False
 
@@ -73,6 +84,8 @@ class FakeLease:
 
     @ivar calls: C{[(method, sentAt, Deferred)]} in the order they were made.
     @ivar initialize: the C{initialize} argument of every acquisition.
+    @ivar registered: C{[(method, sentAt)]} of every call that carried the
+        node's registry entry.
     @ivar autoRefresh: when set, every refresh is answered with it at once.
     """
 
@@ -85,6 +98,7 @@ class FakeLease:
         self.highestToken = 0
         self.calls = []
         self.initialize = []
+        self.registered = []
         self.autoRefresh = None
 
     def _call(self, method):
@@ -92,14 +106,24 @@ class FakeLease:
         self.calls.append((method, self.clock.seconds(), d))
         return d
 
-    def acquire(self, initialize=False):
+    def acquire(self, initialize=False, register=True):
         self.initialize.append(initialize)
+        if register:
+            self.registered.append(("acquire", self.clock.seconds()))
         return self._call("acquire")
+
+    def check(self):
+        return self._call("check")
+
+    def sawToken(self, token):
+        self.highestToken = max(self.highestToken, int(token))
 
     def reclaim(self):
         return self._call("reclaim")
 
-    def refresh(self):
+    def refresh(self, register=False):
+        if register:
+            self.registered.append(("refresh", self.clock.seconds()))
         d = self._call("refresh")
         if self.autoRefresh is not None:
             d.callback(self.autoRefresh)
@@ -109,6 +133,7 @@ class FakeLease:
         return self._call("release")
 
     def register(self):
+        self.registered.append(("register", self.clock.seconds()))
         self.calls.append(("register", self.clock.seconds(), None))
         return defer.succeed(None)
 

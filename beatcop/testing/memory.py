@@ -25,7 +25,7 @@ from zope.interface import implementer
 from ..config import Config, RedisConfig
 from ..interfaces import ILease, IReleaseListener
 from ..lock import Attempt, RefreshOutcome, newHolderId
-from ..protocol import EMPTY, PAUSED, LockKeys
+from ..protocol import ACQUIRED_PREFIX, EMPTY, PAUSED, RESUME_MESSAGE, LockKeys, Windows
 from ..redisconn.errors import RedisTimeout
 from .fakes import FakeRedisClient, FakeRun
 
@@ -37,7 +37,7 @@ class _LockState:
     fence: int = None  # None: no counter (a lock never used, or data lost)
     paused: bool = False
     handoverFor: str = None
-    standbys: dict = field(default_factory=dict)  # holder id -> last attempt (clock seconds)
+    standbys: dict = field(default_factory=dict)  # holder id -> last registered attempt (clock seconds)
 
 
 class MemoryLockStore:
@@ -91,7 +91,7 @@ class MemoryLockStore:
 
     def resume(self, lockName):
         self._state(lockName).paused = False
-        self.publish(LockKeys.of(lockName).released, "resume")
+        self.publish(LockKeys.of(lockName).released, RESUME_MESSAGE)
 
     def requestHandover(self, lockName):
         """
@@ -145,6 +145,7 @@ class MemoryLease:
         self.releaseChannel = LockKeys.of(lockName).released if notify else None
         self.token = None
         self.highestToken = 0
+        self._live = Windows.of(self.ttl).live / 1000.0
 
     def _now(self):
         return self.store.clock.seconds()
@@ -166,29 +167,44 @@ class MemoryLease:
         return defer.succeed(attempt)
 
     def _rank(self, state):
-        live = self._now() - 1.5 * self.ttl / 1000.0
+        live = self._now() - self._live
         return sum(1 for holder, seen in state.standbys.items()
                    if holder < self.holderId and holder != state.holder and seen >= live)
 
-    def acquire(self, initialize=False):
+    def acquire(self, initialize=False, register=True):
         failure = self._unreachable()
         if failure is not None:
             return failure
         state = self.store._state(self.lockName)
-        state.standbys.pop(self.holderId, None)
-        if state.fence is None and self.highestToken == 0 and not initialize:
+        if register:
             state.standbys[self.holderId] = self._now()
+        if state.fence is None and self.highestToken == 0 and not initialize:
             return self._answer(Attempt(False, 0, -4, EMPTY, self._rank(state)))
         if state.paused:
-            return self._answer(Attempt(False, state.fence or 0, -3, PAUSED))
+            return self._answer(Attempt(False, state.fence or 0, -3, PAUSED, self._rank(state)))
         if state.holder in (None, self.holderId):
-            if state.holder is None:
+            state.standbys.pop(self.holderId, None)
+            fresh = state.holder is None
+            if fresh:
                 state.fence = max(state.fence or 0, self.highestToken) + 1
             state.holder = self.holderId
             state.expiresAt = self._now() + self.ttl / 1000.0
+            if fresh and self.releaseChannel is not None:
+                self.store.publish(self.releaseChannel, f"{ACQUIRED_PREFIX}{state.fence}")
             return self._answer(Attempt(True, state.fence, self.ttl, self.holderId))
-        state.standbys[self.holderId] = self._now()
         return self._answer(Attempt(False, state.fence or 0, self._pttl(state), state.holder, self._rank(state)))
+
+    def check(self):
+        failure = self._unreachable()
+        if failure is not None:
+            return failure
+        state = self.store._state(self.lockName)
+        if state.holder is None and state.paused:
+            return defer.succeed(-1)
+        return defer.succeed(self._pttl(state))
+
+    def sawToken(self, token):
+        self.highestToken = max(self.highestToken, int(token))
 
     def reclaim(self):
         failure = self._unreachable()
@@ -201,7 +217,7 @@ class MemoryLease:
         state.expiresAt = self._now() + self.ttl / 1000.0
         return self._answer(Attempt(True, self.token, self.ttl, self.holderId))
 
-    def refresh(self):
+    def refresh(self, register=False):
         failure = self._unreachable()
         if failure is not None:
             return failure

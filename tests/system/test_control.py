@@ -14,6 +14,7 @@ import tempfile
 import pytest
 
 from beatcop import __version__
+from beatcop.protocol import LockKeys, Windows
 
 from beatcop.testing.history import _alive
 from beatcop.testing.processes import Cluster, nodeEnvironment, waitUntil, writeConfig
@@ -26,6 +27,7 @@ TTL = 1500
 def cluster(redisServer):
     directory = tempfile.mkdtemp(prefix="bo-")
     made = Cluster(directory, redisServer.url, ttl=TTL)
+    made.redis = redisServer.client()
     yield made
     made.cleanup()
     shutil.rmtree(directory, ignore_errors=True)
@@ -46,6 +48,23 @@ def beatcop(*arguments, timeout=30):
 def status(cluster):
     result = beatcop("status", "-c", cluster.configPath, "--json")
     return result.returncode, json.loads(result.stdout)
+
+
+def age(cluster, pid, ms):
+    """
+    Move a (frozen or dead) node's last sighting C{ms} into the past, as if
+    the registry's window had gone by without a write from it: the windows
+    are minutes long, and their arithmetic is L{tests.system.test_protocol}'s.
+    """
+    (entry,) = [node for node in status(cluster)[1]["nodes"] if node["pid"] == pid]
+    registry = LockKeys.of(cluster.lockName).registry
+    seen, _, rest = cluster.redis.hget(registry, entry["id"]).partition(" ")
+    seconds, micros = cluster.redis.time()
+    cluster.redis.hset(registry, entry["id"], f"{seconds * 1000 + micros // 1000 - ms} {rest}")
+
+
+def windows():
+    return Windows.of(TTL)
 
 
 def test_status_shows_the_holder_and_every_standby(cluster):
@@ -81,8 +100,12 @@ def test_dead_nodes_disappear_and_clean_stops_leave_at_once(cluster):
     standbys[0].wait(5)
     assert standbys[0].pid not in {node["pid"] for node in status(cluster)[1]["nodes"]}
     standbys[1].send(signal.SIGKILL)
-    # stale after two TTLs and a second
-    waitUntil(lambda: len(status(cluster)[1]["nodes"]) == 1, 2 * TTL / 1000 + 5, interval=0.2, what="the dead node dropped")
+    standbys[1].wait(5)
+    assert len(status(cluster)[1]["nodes"]) == 2, "a dead node stays until its entry is stale"
+    age(cluster, standbys[1].pid, windows().silent + 500)
+    assert [node["role"] for node in status(cluster)[1]["nodes"]] == ["holder", "silent"]
+    age(cluster, standbys[1].pid, windows().stale + 500)
+    assert len(status(cluster)[1]["nodes"]) == 1
 
 
 def test_status_when_nothing_runs_exits_3(cluster):
@@ -178,12 +201,8 @@ def test_status_marks_silent_nodes(cluster):
     standby = next(node for node in nodes if node is not holder)
     standby.send(signal.SIGSTOP)
     try:
-        waitUntil(
-            lambda: [n["role"] for n in status(cluster)[1]["nodes"]] == ["holder", "standby", "silent"],
-            TTL / 1000 + 5,
-            interval=0.2,
-            what="the frozen node marked silent",
-        )
+        age(cluster, standby.pid, windows().silent + 500)
+        assert [n["role"] for n in status(cluster)[1]["nodes"]] == ["holder", "standby", "silent"]
         assert "1 silent" in beatcop("status", "-c", cluster.configPath).stdout
     finally:
         standby.send(signal.SIGCONT)

@@ -811,8 +811,8 @@ class UnexpectedReplyTests(SynchronousTestCase):
         self.assertEqual(shaArgs[1:], evalArgs[1:])
         self.assertEqual(
             evalArgs[1:],
-            [5, LOCK, fencingKeyFor(LOCK), "{%s}:nodes" % LOCK, "{%s}:paused" % LOCK, "{%s}:handover" % LOCK,
-             "h", 1000, 0, "", 3000, "0", 1500],
+            [4, LOCK, fencingKeyFor(LOCK), "{%s}:nodes" % LOCK, "{%s}:paused" % LOCK,
+             "h", 1000, 0, "", 240000, "0", 65000, "{%s}:released" % LOCK],
         )
 
 

@@ -73,16 +73,20 @@ class ReleaseListenerTests(TestCase):
     @defer.inlineCallbacks
     def test_hearsAReleaseOfTheLock(self):
         """
-        The release script announces the holder's id on the lock's channel
-        in the same step as it deletes the key.
+        The acquire script announces the new token, and the release script
+        the holder's id, on the lock's channel in the same step as they
+        write the key.
         """
         listener = self.listen(releaseChannelFor("job"))
         yield waitFor(lambda: listener.state is ListenerState.LISTENING)
         client = RedisClient(reactor, self.config)
         self.addCleanup(client.close)
         lock = RedisLock(client, "job", 5000)
+        heard = self.heard.next()
         attempt = yield lock.acquire(initialize=True)
         self.assertTrue(attempt.acquired)
+        announced = yield heard
+        self.assertEqual(announced, "acquired:1")
         heard = self.heard.next()
         released = yield lock.release()
         self.assertTrue(released)

@@ -11,11 +11,12 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from beatcop import control
 from beatcop.config import Config, RedisConfig
-from beatcop.lock import RedisLock
-from beatcop.protocol import LockKeys, Windows, decodeEntry, encodeEntry
+from beatcop.lock import RedisLock, RefreshOutcome
+from beatcop.protocol import ACQUIRED_PREFIX, PAUSED, LockKeys, Windows, decodeEntry, encodeEntry, splitValue
 from beatcop.redisconn import RedisClient
 
 from beatcop.testing.redis import startRedis
+from beatcop.testing.processes import waitUntil
 
 LOCK = "proto-lock"
 TTL = 3000
@@ -46,10 +47,14 @@ class FormatTests(SynchronousTestCase):
         """
         windows = Windows.of(3000, 10000)
         self.assertEqual(
-            (windows.live, windows.silent, windows.stale, windows.keep, windows.handover),
-            (10500, 10500, 21000, 30000, 11000),
+            (windows.register, windows.live, windows.silent, windows.stale, windows.keep),
+            (90000, 111000, 111000, 270000, 360000),
         )
-        self.assertEqual(Windows.of(3000), Windows.of(3000, 3000))
+        # the standby's longest wait defaults to two leases, as in the config
+        self.assertEqual(Windows.of(3000), Windows.of(3000, 6000))
+        # thirty leases, between one and ten minutes
+        self.assertEqual(Windows.of(1000).register, 60000)
+        self.assertEqual(Windows.of(60000).register, 600000)
 
 
 class ContractTests(TestCase):
@@ -129,10 +134,133 @@ class ContractTests(TestCase):
         self.assertEqual({node.id: node.role for node in status.nodes}, {"fresh": "standby", "silent": "silent"})
 
     @defer.inlineCallbacks
-    def test_aHandoverRequestExpiresAfterTheProtocolsWindow(self):
-        yield control.requestHandover(self.client, self.config, "someone")
-        self.assertEqual(self.redis.get(self.keys.handover), "someone")
-        self.assertGreater(self.redis.pttl(self.keys.handover), self.windows.handover - 1000)
+    def test_aHandoverRequestRidesOnTheHoldersValue(self):
+        """
+        A handover request is written into the lock's value, for the named
+        holder only: the holder hears it on its next refresh, and it dies
+        with that lease (no key of its own to expire or leak).
+        """
+        holder = self.lock("h-1", "running")
+        yield holder.acquire(initialize=True)
+        asked = yield control.requestHandover(self.client, self.config, "someone-else")
+        self.assertFalse(asked)
+        self.assertEqual(self.redis.get(LOCK), "h-1")
+        asked = yield control.requestHandover(self.client, self.config, "h-1")
+        self.assertTrue(asked)
+        self.assertEqual(splitValue(self.redis.get(LOCK)), ("h-1", "handover"))
+        outcome = yield holder.refresh()
+        self.assertEqual(outcome, RefreshOutcome.HANDOVER)
+        released = yield holder.release()
+        self.assertTrue(released)
+        self.assertIsNone(self.redis.get(LOCK))
+
+    @defer.inlineCallbacks
+    def test_aPauseStopsTheHolderAndOutlivesItsRelease(self):
+        """
+        Paused while held: the holder's refresh answers PAUSED, a standby's
+        attempt finds the lock paused, the holder's release leaves a
+        placeholder without expiry, and only a resume frees the lock.
+        """
+        holder = self.lock("h-1", "running")
+        yield holder.acquire(initialize=True)
+        yield control.pause(self.client, self.config, reason="maintenance")
+        self.assertEqual(splitValue(self.redis.get(LOCK)), ("h-1", "paused"))
+        outcome = yield holder.refresh()
+        self.assertEqual(outcome, RefreshOutcome.PAUSED)
+        attempt = yield self.lock("s-1", "standby").acquire()
+        self.assertFalse(attempt.acquired)
+        yield holder.release()
+        self.assertEqual(self.redis.get(LOCK), PAUSED)
+        self.assertEqual(self.redis.pttl(LOCK), -1)
+        check = yield holder.check()
+        self.assertEqual(check, -1)
+        status = yield control.readStatus(self.client, self.config)
+        self.assertIsNone(status.holder)
+        self.assertEqual(status.paused["reason"], "maintenance")
+        attempt = yield self.lock("s-1", "standby").acquire()
+        self.assertFalse(attempt.acquired)
+        lifted = yield control.resume(self.client, self.config)
+        self.assertTrue(lifted)
+        self.assertIsNone(self.redis.get(LOCK))
+        attempt = yield self.lock("s-1", "standby").acquire()
+        self.assertTrue(attempt.acquired)
+
+    @defer.inlineCallbacks
+    def test_aHolderThatDiesPausedLeavesThePause(self):
+        """
+        A holder that died before it saw its pause: its lease expires, and
+        the next attempt puts the pause's placeholder in its place rather
+        than taking the lock.
+        """
+        holder = self.lock("h-1", "running")
+        yield holder.acquire(initialize=True)
+        yield control.pause(self.client, self.config)
+        self.redis.pexpire(LOCK, 1)  # the holder's lease runs out
+        waitUntil(lambda: not self.redis.exists(LOCK), 5, what="the lease to run out")
+        attempt = yield self.lock("s-1", "standby").acquire()
+        self.assertFalse(attempt.acquired)
+        self.assertEqual(self.redis.get(LOCK), PAUSED)
+        self.assertEqual(self.redis.pttl(LOCK), -1)
+
+    @defer.inlineCallbacks
+    def test_theRegistryIsWrittenOnlyWhenAsked(self):
+        """
+        A refresh writes the node's entry only when asked to (once a
+        register window), so that a steady holder's refresh is a GET and a
+        PEXPIRE.
+        """
+        holder = self.lock("h-1", "running")
+        yield holder.acquire(initialize=True, register=False)
+        self.assertFalse(self.redis.exists(self.keys.registry))
+        yield holder.refresh()
+        self.assertFalse(self.redis.exists(self.keys.registry))
+        yield holder.refresh(register=True)
+        self.assertEqual(self.redis.hkeys(self.keys.registry), ["h-1"])
+
+    @defer.inlineCallbacks
+    def test_checkIsTheLeasesTimeLeft(self):
+        holder = self.lock("h-1", "running")
+        free = yield holder.check()
+        self.assertEqual(free, -2)
+        yield holder.acquire(initialize=True)
+        left = yield holder.check()
+        self.assertTrue(TTL - 1000 < left <= TTL, left)
+
+    @defer.inlineCallbacks
+    def test_anAcquisitionIsAnnouncedWithItsToken(self):
+        """
+        The acquire script publishes C{acquired:<token>} on the lock's
+        channel: the standbys' floor for the token, should Redis lose its
+        data.
+        """
+        pubsub = self.redis.pubsub()
+        self.addCleanup(pubsub.close)
+        pubsub.subscribe(self.keys.released)
+        self.assertEqual(pubsub.get_message(timeout=5)["type"], "subscribe")
+        yield self.lock("h-1", "running").acquire(initialize=True)
+        message = pubsub.get_message(timeout=5)
+        self.assertEqual(message["data"], ACQUIRED_PREFIX + "1")
+
+    @defer.inlineCallbacks
+    def test_whatEachLookCostsRedis(self):
+        """
+        The steady state's cost, counted by Redis itself (scripts'
+        commands included): a refresh is a GET and a PEXPIRE, a standby's
+        check a PTTL.
+        """
+        holder = self.lock("h-1", "running")
+        standby = self.lock("s-1", "standby")
+        yield holder.acquire(initialize=True)
+        yield holder.refresh()  # loads the script
+        self.redis.config_resetstat()
+        for _ in range(10):
+            yield holder.refresh()
+            yield standby.check()
+        calls = {name.split("|")[0].removeprefix("cmdstat_"): stats["calls"]
+                 for name, stats in self.redis.info("commandstats").items()}
+        calls.pop("info", None)
+        calls.pop("config", None)  # the reset itself
+        self.assertEqual(calls, {"evalsha": 10, "get": 10, "pexpire": 10, "pttl": 10})
 
     @defer.inlineCallbacks
     def test_aNodeThatLeavesIsGone(self):

@@ -19,7 +19,7 @@ import time
 import pytest
 
 from beatcop.testing.history import readHistory
-from beatcop.testing.processes import Cluster, writeConfig
+from beatcop.testing.processes import Cluster, waitUntil, writeConfig
 from beatcop.testing.redis import startRedisServer
 from beatcop.testing.topologies import (
     Certificates,
@@ -38,7 +38,7 @@ USER = "beatcop"
 # What a node sends to a single Redis (README, "Redis topologies": the ACL
 # user), with notifications on: top-level commands, then the commands the
 # lock's Lua scripts call (Redis checks those against the user's ACL too).
-NODE_COMMANDS = {"info", "evalsha", "eval", "subscribe", "hdel"}
+NODE_COMMANDS = {"info", "evalsha", "eval", "pttl", "subscribe", "hdel"}
 SCRIPT_COMMANDS = {"get", "set", "incr", "pexpire", "pttl", "del", "exists", "hset", "hgetall", "time", "publish"}
 
 
@@ -141,7 +141,8 @@ def test_acl_user_with_exactly_the_commands_a_node_needs(workdir):
             cluster.configPath = fileConfig
             second = cluster.addNode()
             second.waitForLog("standing by for lock")
-            time.sleep(1.0)  # refreshes; the standby's attempts
+            # refreshes; the standby's attempt, then its looks (PTTL)
+            waitUntil(lambda: "pttl" in monitor.commands()[0], 10, what="a standby's look")
             assert first.running and second.running, cluster.logs()
 
             commandLines = "\n".join(processArguments())

@@ -375,7 +375,7 @@ class NewKeysTests(ConfigTestMixin, SynchronousTestCase):
     def test_notifyAndStandbyMaxWaitDefaults(self):
         config = self.load(MINIMAL)
         self.assertIs(config.notify, True)
-        self.assertEqual(config.standbyMaxWait, config.ttl)
+        self.assertEqual(config.standbyMaxWait, 2 * config.ttl)
 
     def test_notifyAndStandbyMaxWait(self):
         config = self.load(MINIMAL + "notify = no\nstandby_max_wait = 2500\n")

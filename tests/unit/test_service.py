@@ -25,6 +25,7 @@ from beatcop.child import ChildExit
 from beatcop.config import Config, OnExit, RedisConfig
 from beatcop.containment import Containment, ContainmentMode
 from beatcop.errors import (
+    EX_CONFIG,
     EX_NOHOST,
     EX_OK,
     EX_OSERR,
@@ -217,7 +218,7 @@ class StartUpTests(ServiceTestCase):
 
     def test_startUpAsksInfoServerThenTriesAtOnce(self):
         self.startNode(startAt=12.5)
-        self.assertEqual(self.client.commands, [("INFO", "server")])
+        self.assertEqual(self.client.commands, [("INFO",)])
         self.assertEqual(self.node.state, NodeState.STANDBY)
         self.assertTimes(self.lock.sent("acquire"), [12.5])
 
@@ -228,21 +229,91 @@ class StartUpTests(ServiceTestCase):
         self.assertEqual(codes, [EX_NOHOST])
 
 
-class StandbyTests(ServiceTestCase):
-    def test_nextAttemptWhenHoldersLeaseCanExpire(self):
+EVICTING = "# Server\r\nredis_version:7.2.4\r\n# Memory\r\nmaxmemory:104857600\r\nmaxmemory_policy:allkeys-lru\r\n"
+
+
+class EvictionTests(ServiceTestCase):
+    """
+    A Redis that may evict the lease (see L{beatcop.eviction}) is refused
+    at start-up, and left cleanly when a reconnection finds one, unless
+    C{allow_eviction}.
+    """
+
+    def test_aRedisThatMayEvictTheLeaseIsRefusedWith78(self):
+        self.startNode(client=FakeRedisClient(default=EVICTING))
+        self.assertFinished(EX_CONFIG)
+        self.assertEqual(self.lock.calls, [])
+        self.assertEqual(self.children, [])
+
+    def test_allowEvictionStandsByAnyway(self):
+        self.startNode(
+            client=FakeRedisClient(default=EVICTING),
+            redis=RedisConfig(host="redis.example", replyTimeout=1000, allowEviction=True),
+        )
+        self.assertEqual(self.node.state, NodeState.STANDBY)
+
+    def test_aHolderReconnectedToAnEvictingRedisStopsAndReleases(self):
         """
-        A failed attempt that says the holder's key has 700 ms left is
-        followed by one at 0.701 s (plus the jitter, here 0), sooner than the
-        1 s refresh interval.
+        A new connection reaches a Redis with an eviction policy (a
+        failover to a differently configured replica): the holder stops its
+        command and releases the lock, then exits 78.
+        """
+        child = self.runningAt(10.0)
+        self.advanceTo(11.0)
+        self.lock.answer("refresh", RedisTimeout("no reply"))
+        self.assertFalse(self.node.redisAvailable)
+        self.client.default = EVICTING
+        self.client.reconnected()
+        self.assertEqual(self.node.state, NodeState.STOPPING)
+        self.assertEqual(len(child.stops), 1)
+        child.exit(signal=signal.SIGTERM)
+        self.lock.answer("release", True)
+        self.assertFinished(EX_CONFIG)
+
+    def test_aReconnectionToASafeRedisGoesOn(self):
+        self.runningAt(10.0)
+        self.client.reconnected()
+        self.assertEqual(self.client.commands[-1], ("INFO", "memory"))
+        self.advanceTo(11.0)
+        self.lock.answer("refresh", RefreshOutcome.REFRESHED)
+        self.assertEqual(self.node.state, NodeState.RUNNING)
+
+
+class StandbyTests(ServiceTestCase):
+    """
+    A standby's looks: a whole attempt at start (and at the registry's
+    cadence, 150 s with this TTL), cheap checks (PTTL) in between, and a
+    whole attempt again only when a check finds the lock free.
+    """
+
+    REGISTER = 150.0  # Windows.of(5000).register, in seconds
+
+    def test_nextLookWhenHoldersLeaseCanExpire(self):
+        """
+        An attempt that says the holder's key has 700 ms left is followed by
+        a check at 0.701 s (plus the jitter, here 0); a check that finds the
+        lock free by an attempt at once.
         """
         self.startNode(startAt=10.0)
         self.lock.answer("acquire", Attempt(False, 6, 700, OTHER))
         self.advanceTo(10.700)
-        self.assertEqual(len(self.lock.sent("acquire")), 1)
+        self.assertEqual(self.lock.sent("check"), [])
         self.advanceTo(10.701)
+        self.assertTimes(self.lock.sent("check"), [10.701])
+        self.assertTimes(self.lock.sent("acquire"), [10.0])
+        self.lock.answer("check", -2)
         self.assertTimes(self.lock.sent("acquire"), [10.0, 10.701])
 
-    def test_nextAttemptJitterIsAdded(self):
+    def test_aCheckThatFindsTheLeaseRefreshedLooksAgainAtItsExpiry(self):
+        self.startNode(startAt=10.0)
+        self.lock.answer("acquire", Attempt(False, 6, 700, OTHER))
+        self.advanceTo(10.701)
+        self.lock.answer("check", 4300)
+        self.advanceTo(15.002)
+        self.assertTimes(self.lock.sent("check"), [10.701, 15.002])
+        self.assertTimes(self.lock.sent("acquire"), [10.0])
+
+    def test_nextLookJitterIsAdded(self):
         class Jitter:
             calls = []
 
@@ -255,21 +326,37 @@ class StandbyTests(ServiceTestCase):
         self.lock.answer("acquire", Attempt(False, 6, 700, OTHER))
         self.assertEqual(Jitter.calls, [(0, ATTEMPT_SPREAD)])
         self.advanceTo(10.701 + ATTEMPT_SPREAD - 0.001)
-        self.assertEqual(len(self.lock.sent("acquire")), 1)
+        self.assertEqual(self.lock.sent("check"), [])
         self.advanceTo(10.701 + ATTEMPT_SPREAD)
-        self.assertTimes(self.lock.sent("acquire"), [10.0, 10.701 + ATTEMPT_SPREAD])
+        self.assertTimes(self.lock.sent("check"), [10.701 + ATTEMPT_SPREAD])
 
-    def test_nextAttemptAtMaximumWaitWhenHoldersKeyHasNoExpiry(self):
+    def test_aKeyWithoutExpiryIsLookedAtAgainAtTheMaximumWait(self):
         """
-        A key without an expiry (set by hand) is tried again after the
-        maximum wait, which defaults to the TTL.
+        A key without an expiry (set by hand) is looked at again after the
+        maximum wait, which defaults to two TTLs; a check that finds it so
+        again costs no attempt (the attempt said why already).
         """
         self.startNode(startAt=10.0)
         self.lock.answer("acquire", Attempt(False, 6, -1, OTHER))
-        self.advanceTo(14.999)
-        self.assertEqual(len(self.lock.sent("acquire")), 1)
-        self.advanceTo(15.0)
-        self.assertTimes(self.lock.sent("acquire"), [10.0, 15.0])
+        self.advanceTo(19.999)
+        self.assertEqual(self.lock.sent("check"), [])
+        self.advanceTo(20.0)
+        self.assertTimes(self.lock.sent("check"), [20.0])
+        self.lock.answer("check", -1)
+        self.advanceTo(30.0)
+        self.assertTimes(self.lock.sent("check"), [20.0, 30.0])
+        self.assertTimes(self.lock.sent("acquire"), [10.0])
+
+    def test_aKeyThatLostItsExpiryIsAttempted(self):
+        """
+        A check that finds no expiry where the last attempt saw one asks
+        with a whole attempt what it is (a pause, say).
+        """
+        self.startNode(startAt=10.0)
+        self.lock.answer("acquire", Attempt(False, 6, 700, OTHER))
+        self.advanceTo(10.701)
+        self.lock.answer("check", -1)
+        self.assertTimes(self.lock.sent("acquire"), [10.0, 10.701])
 
     def test_nextAttemptAtOnceWhenTheKeyVanishedInBetween(self):
         self.startNode(startAt=10.0)
@@ -277,27 +364,33 @@ class StandbyTests(ServiceTestCase):
         self.advanceTo(10.0)
         self.assertTimes(self.lock.sent("acquire"), [10.0, 10.0])
 
-    def test_nextAttemptNeverLaterThanMaximumWait(self):
+    def test_nextLookNeverLaterThanMaximumWait(self):
         self.startNode(startAt=10.0, standbyMaxWait=1500)
         self.lock.answer("acquire", Attempt(False, 6, 4000, OTHER))
         self.advanceTo(11.499)
-        self.assertEqual(len(self.lock.sent("acquire")), 1)
+        self.assertEqual(self.lock.sent("check"), [])
         self.advanceTo(11.5)
-        self.assertTimes(self.lock.sent("acquire"), [10.0, 11.5])
+        self.assertTimes(self.lock.sent("check"), [11.5])
 
-    def test_standbyPollsOncePerLeaseAtMost(self):
+    def test_standbyChecksOncePerLeaseAndAttemptsAtTheRegistrysCadence(self):
         """
         A standby facing a healthy holder (refreshing every second, so the
-        PTTL it reads is 4 to 5 s) sends one attempt per 4 s or more: less
-        than one command per TTL/2.
+        PTTL it reads is 4 to 5 s) sends one PTTL per 4 s or more, and a
+        whole attempt (which writes its registry entry) once per
+        registry window.
         """
         self.startNode(startAt=10.0)
-        for _ in range(10):
-            self.lock.answer("acquire", Attempt(False, 6, 4000, OTHER))
+        self.lock.answer("acquire", Attempt(False, 6, 4000, OTHER))
+        for _ in range(37):  # the last at 158.037, less than 150 s after the attempt
             self.advance(4.001)
-        sent = self.lock.sent("acquire")
-        self.assertEqual(len(sent), 11)
-        self.assertGreaterEqual(min(b - a for a, b in zip(sent, sent[1:])), 4.0)
+            self.lock.answer("check", 4000)
+        checks = self.lock.sent("check")
+        self.assertEqual(len(checks), 37)
+        self.assertGreaterEqual(min(b - a for a, b in zip(checks, checks[1:])), 4.0)
+        self.assertTimes(self.lock.sent("acquire"), [10.0])
+        self.advance(4.001)
+        self.assertEqual(len(self.lock.sent("acquire")), 2)
+        self.assertEqual([method for method, _ in self.lock.registered], ["acquire", "acquire"])
 
     def test_listensForReleasesOnceTheFirstAttemptIsAnswered(self):
         self.startNode(startAt=10.0)
@@ -307,6 +400,13 @@ class StandbyTests(ServiceTestCase):
         self.assertTrue(self.listeners[0].active)
         self.assertEqual(self.listeners[0].channel, "{beatcop:test}:released")
 
+    def freeAt(self, when):
+        """
+        The check due at C{when} finds the lock free: an attempt follows.
+        """
+        self.advanceTo(when)
+        self.lock.answer("check", -2)
+
     def test_onlyTheFirstInLineListen(self):
         """
         Standbys ranked L{LISTENING_RANKS} or further back do not listen;
@@ -314,40 +414,68 @@ class StandbyTests(ServiceTestCase):
         """
         self.startNode(startAt=10.0)
         listener = self.listeners[0]
-        self.lock.answer("acquire", Attempt(False, 6, 700, OTHER, rank=LISTENING_RANKS))
+        self.lock.answer("acquire", Attempt(False, 6, 700, OTHER, rank=2 * LISTENING_RANKS))
         self.assertFalse(listener.started)
-        self.advanceTo(11.0)
+        self.freeAt(10.701 + TTL + 2 * LISTENING_RANKS * RANK_STEP)
         self.lock.answer("acquire", Attempt(False, 6, 700, OTHER, rank=LISTENING_RANKS - 1))
         self.assertTrue(listener.active)
-        self.advanceTo(12.0)
+        self.freeAt(self.clock.seconds() + 0.701 + TTL + (LISTENING_RANKS - 1) * RANK_STEP)
         self.lock.answer("acquire", Attempt(False, 6, 700, OTHER, rank=LISTENING_RANKS - 1))
         self.assertEqual(listener.starts, 1)
-        self.advanceTo(13.0)
+        self.freeAt(self.clock.seconds() + 0.701 + TTL + (LISTENING_RANKS - 1) * RANK_STEP)
         self.lock.answer("acquire", Attempt(False, 6, 700, OTHER, rank=LISTENING_RANKS + 5))
         self.assertFalse(listener.active)
         self.assertTrue(listener.stopped)
-        self.advanceTo(14.0)
+        self.freeAt(self.clock.seconds() + 0.701 + TTL + (LISTENING_RANKS + 5) * RANK_STEP)
         self.lock.answer("acquire", Attempt(False, 6, 700, OTHER, rank=0))
         self.assertTrue(listener.active)
         self.assertEqual(listener.starts, 2)
         self.assertEqual(len(self.listeners), 1)
+        self.assertEqual(len(self.lock.sent("acquire")), 5)
 
     def test_theHolderDoesNotListen(self):
         self.startNode(startAt=10.0)
         listener = self.listeners[0]
         self.lock.answer("acquire", Attempt(False, 6, 700, OTHER, rank=0))
         self.assertTrue(listener.active)
-        self.advanceTo(11.0)
+        self.freeAt(10.701)
         self.lock.answer("acquire", Attempt(True, 7, 5000, None))
         self.assertIs(self.node.state, NodeState.STARTING)
         self.assertEqual(len(self.children), 1)
         self.assertFalse(listener.active)
 
-    def test_aStandbyFurtherBackStillFindsAReleasedLockByPolling(self):
+    def test_aStandbyFurtherBackLooksOneLeaseLater(self):
+        """
+        Standbys behind the first look one lease after the lease could
+        expire (in the order of their ranks): the first in line takes over
+        at once, the others find a lock whose first standby is gone too a
+        lease later, and a hundred of them cost Redis a trickle.
+        """
         self.startNode(startAt=10.0)
-        self.lock.answer("acquire", Attempt(False, 6, 4000, OTHER, rank=LISTENING_RANKS))
-        self.advanceTo(10.0 + 4.001 + LISTENING_RANKS * RANK_STEP)
-        self.assertTimes(self.lock.sent("acquire"), [10.0, 14.031])
+        rank = 2 * LISTENING_RANKS
+        self.lock.answer("acquire", Attempt(False, 6, 2000, OTHER, rank=rank))
+        when = 10.0 + 2.001 + TTL + rank * RANK_STEP
+        self.advanceTo(when - 0.001)
+        self.assertEqual(self.lock.sent("check"), [])
+        self.advanceTo(when)
+        self.assertTimes(self.lock.sent("check"), [when])
+
+    def test_theStandbysJustBehindTheListenersWatchTheirRank(self):
+        """
+        A standby just behind the listeners makes each look a whole attempt
+        (without a registry write): when a listener takes the lock, nothing
+        a check sees changes, and this standby must learn that it moved up
+        to start listening.
+        """
+        self.startNode(startAt=10.0)
+        self.lock.answer("acquire", Attempt(False, 6, 2000, OTHER, rank=LISTENING_RANKS))
+        when = 10.0 + 2.001 + TTL + LISTENING_RANKS * RANK_STEP
+        self.advanceTo(when)
+        self.assertEqual(self.lock.sent("check"), [])
+        self.assertTimes(self.lock.sent("acquire"), [10.0, when])
+        self.assertEqual([method for method, _ in self.lock.registered], ["acquire"])
+        self.lock.answer("acquire", Attempt(False, 6, 2000, OTHER, rank=LISTENING_RANKS - 1))
+        self.assertTrue(self.listeners[0].active)
 
     def test_noListenerWithNotifyOff(self):
         self.startNode(startAt=10.0, notify=False)
@@ -392,16 +520,37 @@ class StandbyTests(ServiceTestCase):
             RedisUnreachable("redis.example:6379: Connection refused"),
             RedisTimeout("redis.example:6379: no reply to EVALSHA within 1 s"),
         ]
+        self.lock.answer("acquire", errors[0])
         for attempt in range(20):
-            self.lock.answer("acquire", errors[attempt % 2])
             self.advance(1.0)
-        self.assertTimes(self.lock.sent("acquire"), [10.0 + i for i in range(21)])
+            self.lock.answer("check", errors[attempt % 2])
+        self.assertTimes(self.lock.sent("check"), [11.0 + i for i in range(20)])
         self.assertEqual(self.node.state, NodeState.STANDBY)
+        self.assertFalse(self.node.redisAvailable)
         self.assertEqual(self.children, [])
         self.assertNotFinished()
         # and once Redis answers, the node takes the lease as usual
+        self.freeAt(31.0)
+        self.assertTrue(self.node.redisAvailable)
         self.lock.answer("acquire", Attempt(True, 8, 5000, HOLDER))
         self.assertEqual(len(self.children), 1)
+
+    def test_anAnnouncedTokenRaisesTheFloorAndTheRankIsLearntAgain(self):
+        """
+        A new holder's token is the floor of this node's; the new holder
+        may have been ahead in line, so one attempt in this node's turn (no
+        registry write) learns the new place.
+        """
+        self.startNode(startAt=10.0)
+        self.lock.answer("acquire", Attempt(False, 6, 4000, OTHER, rank=2))
+        self.advanceTo(11.0)
+        self.listeners[0].announce("acquired:12")
+        self.assertEqual(self.lock.highestToken, 12)
+        self.advanceTo(11.0 + 2 * RANK_STEP)
+        self.assertTimes(self.lock.sent("acquire"), [10.0, 11.0 + 2 * RANK_STEP])
+        self.assertEqual([method for method, _ in self.lock.registered], ["acquire"])
+        self.lock.answer("acquire", Attempt(False, 12, 4000, OTHER, rank=1))
+        self.assertEqual(self.node.standby.rank, 1)
 
     def test_forwardSignalIgnoredByStandby(self):
         self.startNode()
@@ -849,8 +998,10 @@ class ChildExitTests(ServiceTestCase):
         self.listeners[0].announce(HOLDER)
         self.advanceTo(10.6 + TTL - 0.001)
         self.assertEqual(self.lock.sent("acquire"), [10.0])
+        self.assertEqual(self.lock.sent("check"), [])
         self.assertEqual(self.lock.sent("refresh"), [])
         self.advanceTo(10.6 + TTL)
+        self.lock.answer("check", -2)
         self.assertTimes(self.lock.sent("acquire"), [10.0, 15.6])
         self.assertNotFinished()
         # and it can take the lease again, with a new token
@@ -1060,10 +1211,16 @@ class OperatorTests(ServiceTestCase):
         self.listeners[0].announce(OTHER)
         self.advanceTo(11.2 + TTL - 0.001)
         self.assertEqual(self.lock.sent("acquire"), [10.0])
+        self.assertEqual(self.lock.sent("check"), [])
         self.advanceTo(11.2 + TTL)
-        self.assertTimes(self.lock.sent("acquire"), [10.0, 16.2])
+        self.assertTimes(self.lock.sent("check"), [16.2])
 
-    def test_pauseStopsReleasesAndPollsAtMaximumWait(self):
+    def test_pauseStopsReleasesAndLooksAtMaximumWait(self):
+        """
+        Paused, the node asks once (a whole attempt, at the maximum wait)
+        and then only checks that the pause stands (PTTL -1), until a
+        resume is announced or a check finds the lock free.
+        """
         child = self.runningAt(10.0)
         self.advanceTo(11.0)
         self.lock.answer("refresh", RefreshOutcome.PAUSED)
@@ -1071,11 +1228,18 @@ class OperatorTests(ServiceTestCase):
         child.exit(signal=15)
         self.lock.answer("release", True)
         self.assertEqual(self.node.state, NodeState.STANDBY)
-        self.advanceTo(11.0 + TTL)
-        self.assertTimes(self.lock.sent("acquire"), [10.0, 16.0])
+        maxWait = 2 * TTL
+        self.advanceTo(11.0 + maxWait)
+        self.assertTimes(self.lock.sent("acquire"), [10.0, 21.0])
         self.lock.answer("acquire", Attempt(False, 7, -3, "beatcop:paused"))
-        self.advanceTo(16.0 + TTL)
-        self.assertTimes(self.lock.sent("acquire"), [10.0, 16.0, 21.0])
+        self.advanceTo(21.0 + maxWait)
+        self.lock.answer("check", -1)
+        self.advanceTo(21.0 + 2 * maxWait)
+        self.assertTimes(self.lock.sent("check"), [31.0, 41.0])
+        self.assertTimes(self.lock.sent("acquire"), [10.0, 21.0])
+        self.listeners[0].announce("resume")
+        self.advance(0)
+        self.assertTimes(self.lock.sent("acquire"), [10.0, 21.0, 41.0])
         self.assertNotFinished()
 
     def test_refreshesWhileStoppingForAnOperatorDoNotStopTwice(self):
@@ -1116,6 +1280,7 @@ class PrestartGuardTests(ServiceTestCase):
         self.assertIsNone(armed.startedAt)
         self.lock.answer("acquire", Attempt(False, 6, 700, OTHER))
         self.advanceTo(10.701)
+        self.lock.answer("check", -2)
         self.assertEqual(len(self.children), 1, "no second guard while one waits")
         self.lock.answer("acquire", Attempt(True, 7, 5000, HOLDER))
         self.assertEqual(len(self.children), 1)
@@ -1160,13 +1325,13 @@ class TakingTurnsTests(ServiceTestCase):
     the lock frees, L{RANK_STEP} apart.
     """
 
-    def test_rankDelaysTheAttemptAtExpiry(self):
+    def test_rankDelaysTheLookAfterExpiry(self):
         self.startNode(startAt=10.0)
-        self.lock.answer("acquire", Attempt(False, 6, 700, OTHER, rank=3))
-        self.advanceTo(10.701 + 3 * RANK_STEP - 0.001)
-        self.assertEqual(len(self.lock.sent("acquire")), 1)
-        self.advanceTo(10.701 + 3 * RANK_STEP)
-        self.assertTimes(self.lock.sent("acquire"), [10.0, 10.731])
+        self.lock.answer("acquire", Attempt(False, 6, 700, OTHER, rank=7))
+        self.advanceTo(10.701 + TTL + 7 * RANK_STEP - 0.001)
+        self.assertEqual(self.lock.sent("check"), [])
+        self.advanceTo(10.701 + TTL + 7 * RANK_STEP)
+        self.assertTimes(self.lock.sent("check"), [15.771])
 
     def test_rankDelaysTheAttemptOnARelease(self):
         self.startNode(startAt=10.0)
@@ -1181,8 +1346,8 @@ class TakingTurnsTests(ServiceTestCase):
     def test_theTurnIsNeverMoreThanHalfALease(self):
         self.startNode(startAt=10.0)
         self.lock.answer("acquire", Attempt(False, 6, 0, OTHER, rank=10000))
-        self.advanceTo(10.001 + TTL / 2)
-        self.assertTimes(self.lock.sent("acquire"), [10.0, 12.501])
+        self.advanceTo(10.001 + TTL + TTL / 2)
+        self.assertTimes(self.lock.sent("check"), [17.501])
 
 
 class EmptyLockTests(ServiceTestCase):
@@ -1214,6 +1379,7 @@ class EmptyLockTests(ServiceTestCase):
         self.advanceTo(15.0)
         self.lock.answer("acquire", Attempt(False, 4, 4000, OTHER))
         self.advanceTo(19.001)
+        self.lock.answer("check", -2)
         self.assertEqual(self.lock.initialize, [False, True, False])
         self.lock.answer("acquire", Attempt(False, 0, -4, "beatcop:empty"))
         self.advanceTo(24.0)

@@ -13,17 +13,25 @@ TIMING = Config(redis=RedisConfig(host="h", replyTimeout=600), lockName="l", com
 
 
 class PolicyTests(SynchronousTestCase):
-    def test_tryWhenTheLeaseCanExpireInTurn(self):
-        self.assertAlmostEqual(standby.nextAttempt(700, 0, TIMING, 0.0), 0.701)
-        self.assertAlmostEqual(standby.nextAttempt(700, 2, TIMING, 0.001), 0.701 + 2 * standby.RANK_STEP + 0.001)
+    def test_theFirstLooksWhenTheLeaseCanExpireTheOthersALeaseLaterInTurn(self):
+        timing = Config(redis=RedisConfig(host="h", replyTimeout=600), lockName="l", command="true", ttl=3000,
+                        refreshInterval=1000, killGrace=600, safetyMargin=150).timing
+        self.assertAlmostEqual(standby.nextLook(700, 0, timing, 0.0), 0.701)
+        self.assertAlmostEqual(standby.nextLook(700, 2, timing, 0.001), 0.701 + 3.0 + 2 * standby.RANK_STEP + 0.001)
 
     def test_neverLaterThanTheLongestWait(self):
-        self.assertEqual(standby.nextAttempt(60000, 0, TIMING, 0.0), 2.0)
+        self.assertEqual(standby.nextLook(60000, 0, TIMING, 0.0), 2.0)
+        self.assertEqual(standby.nextLook(700, 1, TIMING, 0.0), 2.0)
 
     def test_aKeyGoneAtOnceOneWithoutExpiryAtTheLongestWait(self):
-        self.assertEqual(standby.nextAttempt(standby.GONE, 5, TIMING, 0.0), 0.0)
-        self.assertEqual(standby.nextAttempt(standby.NO_EXPIRY, 0, TIMING, 0.0), 2.0)
-        self.assertEqual(standby.nextAttempt(standby.PAUSED, 0, TIMING, 0.0), 2.0)
+        self.assertEqual(standby.nextLook(standby.GONE, 5, TIMING, 0.0), 0.0)
+        self.assertEqual(standby.nextLook(standby.NO_EXPIRY, 0, TIMING, 0.0), 2.0)
+        self.assertEqual(standby.nextLook(standby.PAUSED, 0, TIMING, 0.0), 2.0)
+
+    def test_theLongestWaitIsTwoLeasesByDefault(self):
+        timing = Config(redis=RedisConfig(host="h", replyTimeout=600), lockName="l", command="true", ttl=3000,
+                        refreshInterval=1000, killGrace=600, safetyMargin=150).timing
+        self.assertEqual(timing.standbyMaxWait, 6.0)
 
     def test_theTurnIsAtMostHalfALease(self):
         self.assertEqual(standby.turn(1000, TIMING), 1.5)
