@@ -37,7 +37,10 @@ def prepareClient(reactor, config, startEmbedded=True):
             log.info("Using the embedded Redis on this host only, at {path}", path=unixSocket)
         else:
             unixSocket = embedded.socketPath
-    return RedisClient(reactor, config.redis, unixSocket=unixSocket)
+    client = RedisClient(reactor, config.redis, unixSocket=unixSocket)
+    # With Sentinel: how soon a node leaves a master the sentinels demoted.
+    client.masterCheckInterval = config.timing.refreshInterval
+    return client
 
 
 def redisVersion(info):

@@ -114,10 +114,12 @@ class RedisClient(ClusterRouting, SentinelDiscovery):
         credentials and deadlines, speaking C{protocolClass} (a subscribed
         connection can do nothing else, so it needs one of its own).
         """
-        return RedisClient(
+        sibling = RedisClient(
             self._reactor, self._config, unixSocket=self._unixSocket, endpoint=self._givenEndpoint,
             protocolClass=protocolClass,
         )
+        sibling.masterCheckInterval = self.masterCheckInterval
+        return sibling
 
     @property
     def timing(self):
@@ -537,6 +539,7 @@ class RedisClient(ClusterRouting, SentinelDiscovery):
         """
         Close the connection politely and wait for it to be gone.
         """
+        self._stopWatchingMaster()
         proto, self._connection = self._connection, None
         if proto is None or not proto.connected:
             return defer.succeed(None)

@@ -289,11 +289,74 @@ class SentinelTests(SynchronousTestCase):
             self.clock.advance(0.001)
         return results[0]
 
-    def test_masterFoundThroughTheFirstSentinelThatAnswers(self):
+    def test_masterFoundThroughTheSentinelsThatAnswer(self):
         client = self.client({("s2", 26379): self.sentinel(), ("m1", 6379): self.node})
         self.assertEqual(self.settle(client.execute("EVALSHA", "x", 1, "k")), "written on m1")
-        # The sentinel that answered is asked first next time.
-        self.assertEqual(client._sentinels[0], ("s2", 26379))
+
+    def namer(self, address):
+        def handler(proto, args):
+            return list(address)
+        return handler
+
+    def test_theMajorityOfTheSentinelsIsFollowed(self):
+        """
+        Right after a failover, the sentinel that led it may still name
+        the old master (which still says it is one): the others outvote it.
+        """
+        config = RedisConfig(sentinels=[("s1", 26379), ("s2", 26379), ("s3", 26379)], serviceName="mymaster",
+                             replyTimeout=1000)
+        client = ScriptedNodesClient(self.clock, config, {
+            ("s1", 26379): self.namer(("m1", 6379)),
+            ("s2", 26379): self.namer(("m2", 6379)),
+            ("s3", 26379): self.namer(("m2", 6379)),
+            ("m1", 6379): self.node,
+            ("m2", 6379): self.node,
+        })
+        self.assertEqual(self.settle(client.execute("EVALSHA", "x", 1, "k")), "written on m2")
+
+    def test_aTieDecidesNothing(self):
+        client = self.client({
+            ("s1", 26379): self.namer(("m1", 6379)),
+            ("s2", 26379): self.namer(("m2", 6379)),
+            ("m1", 6379): self.node,
+            ("m2", 6379): self.node,
+        })
+        result = self.settle(client.execute("EVALSHA", "x", 1, "k"))
+        self.assertEqual(result.value.exitCode, EX_NOHOST)
+        self.assertIn("the sentinels disagree on the master of 'mymaster'", str(result.value))
+        self.assertEqual([proto.node for proto in client.opened if proto.node[0].startswith("m")], [])
+
+    def test_aMasterTheSentinelsNoLongerNameIsLeft(self):
+        """
+        Connected to m1, which still says it is the master (frozen through
+        the failover, not yet reconfigured): once the sentinels name m2,
+        the connection is dropped within the check interval, and the next
+        command goes to m2.
+        """
+        handlers = {("s1", 26379): self.sentinel(), ("s2", 26379): self.sentinel(),
+                    ("m1", 6379): self.node, ("m2", 6379): self.node}
+        client = self.client(handlers)
+        client.masterCheckInterval = 0.5
+        self.assertEqual(self.settle(client.execute("EVALSHA", "x", 1, "k")), "written on m1")
+        first = client._connection
+        self.clock.advance(0.5)
+        self.assertTrue(first.connected, "the sentinels still name m1")
+        self.master = ("m2", 6379)
+        self.clock.advance(0.5)
+        self.assertFalse(first.connected)
+        self.assertEqual(self.settle(client.execute("EVALSHA", "x", 1, "k")), "written on m2")
+        self.successResultOf(client.close())
+        self.assertIsNone(client._masterWatch)
+
+    def test_sentinelsThatCannotDecideKeepTheConnection(self):
+        handlers = {("s1", 26379): self.sentinel(), ("m1", 6379): self.node}
+        client = self.client(handlers)
+        self.assertEqual(self.settle(client.execute("EVALSHA", "x", 1, "k")), "written on m1")
+        first = client._connection
+        del handlers[("s1", 26379)]
+        self.clock.advance(5)
+        self.assertTrue(first.connected)
+        client.close()
 
     def test_failoverFollowedWithinTheDeadline(self):
         handlers = {("s1", 26379): self.sentinel(), ("m1", 6379): self.node, ("m2", 6379): self.node}
