@@ -55,7 +55,7 @@ def replicated(workdir):
     """
     made = []
 
-    def make(kind, waitReplicas, minReplicasToWrite=0):
+    def make(kind, waitReplicas, minReplicasToWrite=0, strict=False):
         directory = os.path.join(workdir, kind)
         topologyClass = SentinelTopology if kind == "sentinel" else ClusterTopology
         topology = topologyClass(os.path.join(directory, "redis"), minReplicasToWrite=minReplicasToWrite)
@@ -66,7 +66,7 @@ def replicated(workdir):
             redisOptions.update(wait_replicas=waitReplicas, wait_timeout=REPLY_TIMEOUT_MS // 2)
         cluster = ReplicatedFaultCluster(
             directory, topology, ttl=TTL_MS, recorderOptions=("--fork", "1"), redisOptions=redisOptions,
-            overlapsAllowed=waitReplicas == 0,
+            overlapsAllowed=waitReplicas == 0 and not strict,
         )
         made.append(cluster)
         cluster.startNodes(NODES)
@@ -172,6 +172,20 @@ def test_sentinel_master_frozen_past_the_failover(replicated):
     wait_replicas 1 nothing written there counts.
     """
     cluster = replicated("sentinel", waitReplicas=1)
+    entry = inject(cluster, "sigstop_master", factor=0.3)
+    judge(cluster, entry)
+
+
+def test_sentinel_frozen_master_is_left_even_without_wait_replicas(replicated):
+    """
+    Regression (the soak's overlap): the master frozen past the failover,
+    thawed still saying it is the master, and one sentinel (the failover's
+    leader) still naming it.  Nodes follow the sentinels' majority and
+    drop a master they no longer name, so no node acquires on, or goes on
+    refreshing, the demoted master: no overlap even with wait_replicas 0
+    (where only replication lag, not a stale master, can lose a lease).
+    """
+    cluster = replicated("sentinel", waitReplicas=0, strict=True)
     entry = inject(cluster, "sigstop_master", factor=0.3)
     judge(cluster, entry)
 
