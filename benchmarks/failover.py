@@ -1428,6 +1428,31 @@ def sourceFingerprint(git=True):
     return {"commit": head, "beatcop_dirty": dirty, "beatcop_sha1": digest.hexdigest()}
 
 
+def addPeerArguments(parser, implementations):
+    """
+    C{--compare} (one of C{implementations}), C{--no-beatcop},
+    C{--beatcop-set} and C{--json}.
+    """
+    parser.add_argument(
+        "--compare", action="append", default=[], choices=sorted(implementations), help="also run this peer"
+    )
+    parser.add_argument("--no-beatcop", action="store_true", help="run only the --compare implementations")
+    parser.add_argument(
+        "--beatcop-set", action="append", default=[], metavar="KEY=VALUE", help="extra [beatcop] ini setting"
+    )
+    parser.add_argument("--json", metavar="PATH", help="write every measurement as JSON")
+
+
+def addWorkArguments(parser, kept):
+    """
+    C{--cache-dir}, C{--single-beat-spec} and C{--keep} (the work
+    directory, with C{kept} in it).
+    """
+    parser.add_argument("--cache-dir", default=DEFAULT_CACHE, help=f"for the peers' venvs (default {DEFAULT_CACHE})")
+    parser.add_argument("--single-beat-spec", default="single-beat", help="pip requirement for single-beat")
+    parser.add_argument("--keep", action="store_true", help=f"keep the work directory ({kept})")
+
+
 def parseArguments(argv):
     parser = argparse.ArgumentParser(
         description="Failover benchmark (issue 4): cold start, clean handover, crash failover and steady-state"
@@ -1442,18 +1467,9 @@ def parseArguments(argv):
     parser.add_argument(
         "--pause", type=float, default=1.2, help="least seconds between events; a random 0..TTL is added (default 1.2)"
     )
-    parser.add_argument(
-        "--compare", action="append", default=[], choices=sorted(IMPLEMENTATIONS), help="also run this peer"
-    )
-    parser.add_argument("--no-beatcop", action="store_true", help="run only the --compare implementations")
-    parser.add_argument(
-        "--beatcop-set", action="append", default=[], metavar="KEY=VALUE", help="extra [beatcop] ini setting"
-    )
-    parser.add_argument("--json", metavar="PATH", help="write every measurement as JSON")
+    addPeerArguments(parser, IMPLEMENTATIONS)
     parser.add_argument("--seed", type=int, default=None, help="seed of the random pauses")
-    parser.add_argument("--cache-dir", default=DEFAULT_CACHE, help=f"for the peers' venvs (default {DEFAULT_CACHE})")
-    parser.add_argument("--single-beat-spec", default="single-beat", help="pip requirement for single-beat")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, history)")
+    addWorkArguments(parser, "logs, history")
     options = parser.parse_args(argv)
     if options.nodes < 2:
         parser.error("--nodes must be at least 2 (a handover needs a standby)")
@@ -1462,18 +1478,74 @@ def parseArguments(argv):
     return options
 
 
-def main(argv=None):
-    options = parseArguments(argv)
-    rng = random.Random(options.seed)
+def interruptOnSignals():
+    """
+    SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt, so that everything
+    started is cleaned up.
+    """
 
     def terminate(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
     # SIGINT too: a shell starts background jobs with SIGINT ignored, and
     # Python then leaves it ignored.
-    signal.signal(signal.SIGINT, terminate)
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGHUP, terminate)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, terminate)
+
+
+def startImplementation(kind, options, server, workdir):
+    """
+    C{kind} set up in its own directory under C{workdir}: the
+    implementation and None, or None and its result if it cannot run.
+    """
+    directory = os.path.join(workdir, kind.name)
+    os.makedirs(directory)
+    try:
+        return kind(options, server, directory), None
+    except (BenchmarkError, subprocess.CalledProcessError) as e:
+        log(f"{kind.label}: cannot run: {e}")
+        return None, {"label": kind.label, "errors": [str(e)], "summary": {}, "notes": []}
+
+
+def endMeta(meta):
+    """
+    When the run ended, the load then and the source (with a warning if it
+    changed while the benchmark ran).
+    """
+    meta["ended"] = time.time()
+    meta["loadavg_end"] = os.getloadavg()
+    meta["source_end"] = sourceFingerprint()
+    if meta["source_end"]["beatcop_sha1"] != meta["source_start"]["beatcop_sha1"]:
+        log("WARNING: beatcop/*.py changed while the benchmark ran; nodes started later ran the newer code")
+
+
+def keepOrRemove(workdir, keep, what="logs and history"):
+    """
+    Keep the work directory (saying where) or remove it.
+    """
+    if keep:
+        log(f"{what} kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def finish(options, meta, results, failed):
+    """
+    Write the JSON (C{--json}).
+
+    @return: the exit code.
+    """
+    if options.json:
+        with open(options.json, "w") as f:
+            json.dump({"meta": meta, "results": results}, f, indent=1, default=str)
+        log(f"wrote {options.json}")
+    return 1 if failed else 0
+
+
+def main(argv=None):
+    options = parseArguments(argv)
+    rng = random.Random(options.seed)
+    interruptOnSignals()
 
     workdir = tempfile.mkdtemp(prefix="bc-bench-")
     processes = Processes()
@@ -1498,13 +1570,9 @@ def main(argv=None):
         monitor.start()
         kinds = ([] if options.no_beatcop else [BeatCop]) + [IMPLEMENTATIONS[name] for name in options.compare]
         for kind in kinds:
-            directory = os.path.join(workdir, kind.name)
-            os.makedirs(directory)
-            try:
-                implementation = kind(options, server, directory)
-            except (BenchmarkError, subprocess.CalledProcessError) as e:
-                log(f"{kind.label}: cannot run: {e}")
-                results[kind.name] = {"label": kind.label, "errors": [str(e)], "summary": {}, "notes": []}
+            implementation, failure = startImplementation(kind, options, server, workdir)
+            if implementation is None:
+                results[kind.name] = failure
                 failed = True
                 continue
             result = Run(implementation, server, redis, monitor, processes, options, rng).run()
@@ -1520,25 +1588,13 @@ def main(argv=None):
             monitor.stop()
         if server is not None:
             server.stop()
-        meta["ended"] = time.time()
-        meta["loadavg_end"] = os.getloadavg()
-        meta["source_end"] = sourceFingerprint()
-        if meta["source_end"]["beatcop_sha1"] != meta["source_start"]["beatcop_sha1"]:
-            log("WARNING: beatcop/*.py changed while the benchmark ran; nodes started later ran the newer code")
-        keep = options.keep or failed
-        if keep:
-            log(f"logs and history kept in {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        endMeta(meta)
+        keepOrRemove(workdir, options.keep or failed)
     if interrupted:
         return 130
     if results:
         print(table(results, options))
-    if options.json:
-        with open(options.json, "w") as f:
-            json.dump({"meta": meta, "results": results}, f, indent=1, default=str)
-        log(f"wrote {options.json}")
-    return 1 if failed else 0
+    return finish(options, meta, results, failed)
 
 
 if __name__ == "__main__":

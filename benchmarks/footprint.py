@@ -39,12 +39,10 @@ and on Ctrl-C.
 
 import argparse
 import contextlib
-import json
 import os
 import random
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -54,21 +52,27 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from failover import (  # noqa: E402  (failover puts the checkout first on sys.path)
-    DEFAULT_CACHE,
     BeatCop,
     BenchmarkError,
     Monitor,
     Processes,
     Run,
     SingleBeat,
+    addPeerArguments,
+    addWorkArguments,
     cmdline,
+    endMeta,
+    finish,
     fmt,
+    interruptOnSignals,
+    keepOrRemove,
     killNodeGroup,
     log,
     ms,
     parentMap,
     redisPortsByPid,
     sourceFingerprint,
+    startImplementation,
     summarize,
     tail,
     waitUntil,
@@ -516,17 +520,8 @@ def parseArguments(argv):
     parser.add_argument("--imports", type=int, default=3, help="launches under -X importtime (default 3)")
     parser.add_argument("--ttl", type=int, default=3000, help="lease TTL in ms (default 3000)")
     parser.add_argument("--batch", type=int, default=8, help="nodes started at once (default 8)")
-    parser.add_argument(
-        "--compare", action="append", default=[], choices=sorted(IMPLEMENTATIONS), help="also run this peer"
-    )
-    parser.add_argument("--no-beatcop", action="store_true", help="run only the --compare implementations")
-    parser.add_argument(
-        "--beatcop-set", action="append", default=[], metavar="KEY=VALUE", help="extra [beatcop] ini setting"
-    )
-    parser.add_argument("--json", metavar="PATH", help="write every measurement as JSON")
-    parser.add_argument("--cache-dir", default=DEFAULT_CACHE, help=f"for the peers' venvs (default {DEFAULT_CACHE})")
-    parser.add_argument("--single-beat-spec", default="single-beat", help="pip requirement for single-beat")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    addPeerArguments(parser, IMPLEMENTATIONS)
+    addWorkArguments(parser, "logs")
     options = parser.parse_args(argv)
     if options.nodes_small < 2 or options.launches < 1 or options.batch < 1:
         parser.error("--nodes-small must be at least 2 (a holder and a standby), --launches and --batch at least 1")
@@ -553,28 +548,18 @@ def measureOne(kind, options, workdir, context):
     One implementation's result (with its errors if it could not run).
     """
     server, redis, monitor, processes, own, histories = context
-    directory = os.path.join(workdir, kind.name)
-    os.makedirs(directory)
-    try:
-        implementation = kind(options, server, directory)
-    except (BenchmarkError, subprocess.CalledProcessError) as e:
-        log(f"{kind.label}: cannot run: {e}")
-        return {"label": kind.label, "errors": [str(e)], "summary": {}, "notes": []}
+    implementation, failure = startImplementation(kind, options, server, workdir)
+    if implementation is None:
+        return failure
     histories.append(implementation.history)
     result = Footprint(implementation, server, redis, monitor, processes, options, own).measure()
     result["label"] = kind.label
     return result
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv=None):
     options = parseArguments(argv)
-    # SIGINT too: a shell starts background jobs with SIGINT ignored.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupt)
+    interruptOnSignals()
     workdir = tempfile.mkdtemp(prefix="bc-footprint-")
     meta = {"argv": sys.argv, "options": vars(options), "started": time.time(), "cpus": os.cpu_count()}
     meta.update(loadavg_start=os.getloadavg(), source_start=sourceFingerprint(), workdir=workdir)
@@ -601,23 +586,14 @@ def main(argv=None):
         interrupted = True
         log("interrupted: cleaned up")
     failed = interrupted or any(r["errors"] for r in results.values())
-    meta.update(ended=time.time(), loadavg_end=os.getloadavg(), source_end=sourceFingerprint())
-    if meta["source_end"]["beatcop_sha1"] != meta["source_start"]["beatcop_sha1"]:
-        log("WARNING: beatcop/*.py changed while the benchmark ran; nodes started later ran the newer code")
-    if options.keep or failed:
-        log(f"logs kept in {workdir}")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
+    endMeta(meta)
+    keepOrRemove(workdir, options.keep or failed, "logs")
     if interrupted:
         return 130
     print(table(results, options))
     print()
     print(breakdown(results, options))
-    if options.json:
-        with open(options.json, "w") as f:
-            json.dump({"meta": meta, "results": results}, f, indent=1, default=str)
-        log(f"wrote {options.json}")
-    return 1 if failed else 0
+    return finish(options, meta, results, failed)
 
 
 if __name__ == "__main__":

@@ -430,6 +430,40 @@ def summarize(cluster, chaos, options, verdict, elapsed):
     return result
 
 
+def verdictRows(result):
+    """
+    The summary table's last rows: what outlived the run, node exits,
+    tracebacks, faults without recovery, harness errors, and the verdict.
+    """
+    return [
+        ("runs outliving their node", len(result["outlived"])),
+        ("leftover processes after the nodes stopped", len(result.get("leftovers", []))),
+        ("node exits by code", " ".join(f"{code}:{n}" for code, n in result["node_exits"].items()) or "-"),
+        ("tracebacks in logs", len(result["tracebacks"])),
+        ("faults without recovery", len(result["unrecovered"])),
+        ("harness errors", len(result["harness_errors"])),
+        ("verdict", "OK" if result["ok"] else "FAILED"),
+    ]
+
+
+def incidentLines(result):
+    """
+    The report's lines for each overlap and each token that went back.
+    """
+    lines = []
+    for overlap in result["overlaps"]["list"]:
+        lines.append(
+            f"  overlap {overlap['ms']} ms: pids {overlap['pids']} on {overlap['nodes']} at {overlap['at']}"
+            f", after {overlap['after']}; of the earlier run, alive after the later started: {overlap['earlier_alive']}"
+        )
+    for violation in result["fencing_violations"]:
+        lines.append(
+            f"  token went back: {violation['earlier']['token']} ({violation['earlier']['node']}) then"
+            f" {violation['later']['token']} ({violation['later']['node']}), after {violation['after']}"
+        )
+    return lines
+
+
 def render(result):
     rows = [("fault", "injected", "skipped")]
     for kind in sorted(KINDS):
@@ -445,14 +479,7 @@ def render(result):
         ("worst gap while Redis reachable", f"{gap['ms']} ms vs bound {gap['bound_ms']} ms"
          f" {'ok' if gap['ok'] else 'BREACHED'}" + (f", after {gap['after']}" if gap["after"] else "")),
         ("fencing violations", len(result["fencing_violations"])),
-        ("runs outliving their node", len(result["outlived"])),
-        ("leftover processes after the nodes stopped", len(result.get("leftovers", []))),
-        ("node exits by code", " ".join(f"{code}:{n}" for code, n in result["node_exits"].items()) or "-"),
-        ("tracebacks in logs", len(result["tracebacks"])),
-        ("faults without recovery", len(result["unrecovered"])),
-        ("harness errors", len(result["harness_errors"])),
-        ("verdict", "OK" if result["ok"] else "FAILED"),
-    ]
+    ] + verdictRows(result)
     lines = [
         f"seed {result['seed']}, {result['nodes']} nodes, {result['elapsed_s']} s, TTL {result['ttl_ms']} ms,"
         f" containment {result.get('containment', 'auto')}",
@@ -461,16 +488,7 @@ def render(result):
         "",
         _table(summary),
     ]
-    for overlap in result["overlaps"]["list"]:
-        lines.append(
-            f"  overlap {overlap['ms']} ms: pids {overlap['pids']} on {overlap['nodes']} at {overlap['at']}"
-            f", after {overlap['after']}; of the earlier run, alive after the later started: {overlap['earlier_alive']}"
-        )
-    for violation in result["fencing_violations"]:
-        lines.append(
-            f"  token went back: {violation['earlier']['token']} ({violation['earlier']['node']}) then"
-            f" {violation['later']['token']} ({violation['later']['node']}), after {violation['after']}"
-        )
+    lines += incidentLines(result)
     for run in result["outlived"]:
         lines.append(f"  run {run['pid']} of {run['node']} alive until {run['alive_until']}, node exited {run['node_exit']}")
     return "\n".join(lines)
@@ -520,9 +538,7 @@ def main(argv=None):
 
         return runFailovers(options)
     if options.plan is not None:
-        for step in plan(options.seed, options.plan):
-            print(json.dumps(step))
-        return 0
+        return printPlan(options)
     if not 2 <= options.nodes <= 10:
         parser.error("--nodes must be between 2 and 10")
     replyTimeoutMs = min(1000, options.ttl // 5)
@@ -531,13 +547,10 @@ def main(argv=None):
           flush=True)
     directory = tempfile.mkdtemp(prefix="bchaos-")
     redis = startRedisServer()
-    recorderOptions = ("--fork", "1") + (("--fork-ignore-term",) if options.grandchildren_ignore_term else ())
-    if not options.no_daemon:
-        recorderOptions += ("--daemonize",)
     try:
         cluster = FaultCluster(
-            directory, redis, ttl=options.ttl, recorderOptions=recorderOptions, restartDelay=options.restart_delay,
-            containment=options.containment,
+            directory, redis, ttl=options.ttl, recorderOptions=recorderOptionsOf(options),
+            restartDelay=options.restart_delay, containment=options.containment,
         )
     except BaseException:
         redis.stop()
@@ -550,6 +563,38 @@ def main(argv=None):
         redis.stop()
     print()
     print(render(result))
+    return finish(result, options, directory)
+
+
+def printPlan(options, table=None):
+    """
+    Print the seed's first C{--plan} steps, one JSON object a line.
+
+    @return: the exit code.
+    """
+    for step in plan(options.seed, options.plan, table):
+        print(json.dumps(step))
+    return 0
+
+
+def recorderOptionsOf(options):
+    """
+    The recorder's options: one grandchild (ignoring SIGTERM with
+    C{--grandchildren-ignore-term}) and, unless C{--no-daemon}, a daemon.
+    """
+    recorderOptions = ("--fork", "1") + (("--fork-ignore-term",) if options.grandchildren_ignore_term else ())
+    if not options.no_daemon:
+        recorderOptions += ("--daemonize",)
+    return recorderOptions
+
+
+def finish(result, options, directory):
+    """
+    After the report: the result as JSON (C{--json}), and the work
+    directory kept (C{--keep}, or a failed run) or removed.
+
+    @return: the exit code.
+    """
     if options.json:
         with open(options.json, "w") as f:
             json.dump(result, f, indent=2, default=str)
@@ -562,29 +607,54 @@ def main(argv=None):
 
 
 def _soak(cluster, redis, options, replyTimeoutMs):
+    def heal():
+        for node in cluster.nodes:
+            node.send(signal.SIGCONT)
+        try:
+            redis.resume()
+        except Exception:
+            pass
+
     chaos = Chaos(cluster, options.ttl, replyTimeoutMs, log=lambda text: print(text, flush=True))
+    return soak(cluster, chaos, options, summarize, startTimeout=30, heal=heal)
+
+
+def soak(cluster, chaos, options, summarizer, table=None, startTimeout=30, healAfterError=True, heal=None):
+    """
+    The soak itself: start the nodes, inject the seed's faults (drawn from
+    C{table}) for C{--duration} seconds, each followed by the wait for the
+    command to run again and the pause, then heal (C{heal}, by default
+    C{chaos.healEverything}), stop the nodes and judge.
+
+    @param summarizer: (cluster, chaos, options, verdict, elapsed) -> the
+        result.
+    @param healAfterError: heal everything at once after a harness error.
+    @return: the result.
+    """
     began = time.monotonic()
     interrupted = False
     try:
         cluster.startNodes(options.nodes)
-        cluster.waitForStarts(1, timeout=30)
+        cluster.waitForStarts(1, timeout=startTimeout)
         began = time.monotonic()
-        for step in plan(options.seed, 10**9):
+        for step in plan(options.seed, 10**9, table):
             if time.monotonic() - began >= options.duration:
                 break
             try:
                 entry = chaos.run(step)
             except Exception:
                 # A harness failure is reported, not a reason to lose the
-                # run: heal everything and go on.
+                # run: heal everything (or leave it to waitRecovery) and go on.
                 entry = dict(step, t=round(time.monotonic(), 3), target=None, error=traceback.format_exc())
                 chaos.faultLog.append(entry)
                 chaos.harnessErrors.append(entry)
                 print(f"  step {step['step']}: harness error\n{entry['error']}", flush=True)
-                chaos.healEverything()
+                if healAfterError:
+                    chaos.healEverything()
             print(
                 f"[{time.monotonic() - began:7.1f}s] step {step['step']:4d} {step['kind']:<30}"
-                f" {entry.get('target') or ''} {entry.get('skipped') or ''}",
+                f" {entry.get('target') or ''} {entry.get('skipped') or ''}"
+                f"{' failover %ss' % entry['failover_s'] if entry.get('failover_s') else ''}",
                 flush=True,
             )
             chaos.waitRecovery(entry, cluster.bound + 10)
@@ -599,14 +669,9 @@ def _soak(cluster, redis, options, replyTimeoutMs):
             os.unlink(chaos.switch)
         except OSError:
             pass
-        for node in cluster.nodes:
-            node.send(signal.SIGCONT)
-        try:
-            redis.resume()
-        except Exception:
-            pass
+        (heal or chaos.healEverything)()
     verdict = cluster.verdict()
-    result = summarize(cluster, chaos, options, verdict, time.monotonic() - began)
+    result = summarizer(cluster, chaos, options, verdict, time.monotonic() - began)
     result["interrupted"] = interrupted
     # Stopped cleanly at the end, the nodes leave nothing of any run behind.
     result["leftovers"] = cluster.stopCleanly()

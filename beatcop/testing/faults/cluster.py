@@ -311,8 +311,17 @@ class FaultCluster(Cluster):
                 f.write("0")
             environment = dict(environment, BEATCOP_TEST_WALLCLOCK=clock)
             argv[2] = _SKEWED_TWISTD
+        return self._enlist(name, argv, path, environment, start)
+
+    def _enlist(self, name, argv, path, environment, start, **attributes):
+        """
+        A supervised node running C{argv} (its configuration at C{path}, its
+        C{attributes} set), among the nodes, started with C{start}.
+        """
         node = SupervisedNode(name, self.directory, argv, nodeEnvironment(name, **environment))
         node.configPath = path
+        for key, value in attributes.items():
+            setattr(node, key, value)
         with self._lock:
             self.nodes.append(node)
             self.timeline.set(("path", name), ("pass", 0))

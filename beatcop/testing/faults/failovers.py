@@ -57,15 +57,15 @@ holders, always fails it.
 """
 
 import collections
-import json
 import os
-import shutil
 import signal
 import tempfile
 import time
 import traceback
 
-from .chaos import Chaos, _table, plan, summarize
+from .chaos import (
+    Chaos, _table, finish, incidentLines, printPlan, recorderOptionsOf, soak, summarize, verdictRows,
+)
 from .replicated import ClusterTopology, ReplicatedFaultCluster, SentinelTopology
 from ..processes import waitUntil
 
@@ -442,14 +442,7 @@ def renderFailovers(result):
          f" {'ok' if gap['ok'] else 'BREACHED'}" + (f", after {gap['after']}" if gap["after"] else "")),
         ("worst gap, all causes", f"{result['raw_worst_gap_ms']} ms"),
         ("failovers injected / observed", f"{result['failovers']['injected']} / {result['failovers']['observed']}"),
-        ("runs outliving their node", len(result["outlived"])),
-        ("leftover processes after the nodes stopped", len(result.get("leftovers", []))),
-        ("node exits by code", " ".join(f"{code}:{n}" for code, n in result["node_exits"].items()) or "-"),
-        ("tracebacks in logs", len(result["tracebacks"])),
-        ("faults without recovery", len(result["unrecovered"])),
-        ("harness errors", len(result["harness_errors"])),
-        ("verdict", "OK" if result["ok"] else "FAILED"),
-    ]
+    ] + verdictRows(result)
     minReplicas = (f"min-replicas-to-write {result['min_replicas_to_write']} (max lag {result['min_replicas_max_lag']} s)"
                    if result["min_replicas_to_write"] else "no min-replicas-to-write")
     lines = [
@@ -460,16 +453,7 @@ def renderFailovers(result):
         "",
         _table(summary),
     ]
-    for overlap in overlaps["list"]:
-        lines.append(
-            f"  overlap {overlap['ms']} ms: pids {overlap['pids']} on {overlap['nodes']} at {overlap['at']}"
-            f", after {overlap['after']}; of the earlier run, alive after the later started: {overlap['earlier_alive']}"
-        )
-    for violation in result["fencing_violations"]:
-        lines.append(
-            f"  token went back: {violation['earlier']['token']} ({violation['earlier']['node']}) then"
-            f" {violation['later']['token']} ({violation['later']['node']}), after {violation['after']}"
-        )
+    lines += incidentLines(result)
     for what, key in (("STALE WRITE ACCEPTED", "accepted_stale"), ("token reused by another holder", "shared_tokens")):
         found = store.get(key, [])
         for line in found[:3]:
@@ -511,24 +495,20 @@ def runFailovers(options):
             raise SystemExit(f"unknown fault kinds: {', '.join(sorted(unknown))}")
         table = {kind: FAILOVER_KINDS[kind] for kind in options.kinds}
     if options.plan is not None:
-        for step in plan(options.seed, options.plan, table):
-            print(json.dumps(step))
-        return 0
+        return printPlan(options, table)
     ttl = options.ttl
     replyTimeoutMs = min(1000, ttl // 5)
     print(f"chaos: {options.topology}, wait_replicas {options.wait_replicas}, min-replicas-to-write"
           f" {options.min_replicas_to_write}; seed {options.seed}, {options.nodes} nodes, {options.duration:g} s,"
           f" TTL {ttl} ms", flush=True)
     directory = tempfile.mkdtemp(prefix="bfail-")
-    recorderOptions = ("--fork", "1") + (("--fork-ignore-term",) if options.grandchildren_ignore_term else ())
-    if not options.no_daemon:
-        recorderOptions += ("--daemonize",)
     topology = makeTopology(options, directory)
     cluster = None
     try:
         topology.start()
         cluster = ReplicatedFaultCluster(
-            directory, topology, ttl=ttl, recorderOptions=recorderOptions, restartDelay=options.restart_delay,
+            directory, topology, ttl=ttl, recorderOptions=recorderOptionsOf(options),
+            restartDelay=options.restart_delay,
             containment=options.containment, redisOptions=redisOptionsFor(options, ttl),
             overlapsAllowed=options.wait_replicas == 0 and not options.strict,
         )
@@ -545,57 +525,10 @@ def runFailovers(options):
           " | stale writes rejected | tokens reused by another holder | tokens going back | worst gap ms"
           " | raw worst gap ms | failovers injected | duration):")
     print(tableRow(result))
-    if options.json:
-        with open(options.json, "w") as f:
-            json.dump(result, f, indent=2, default=str)
-        print(f"\nJSON written to {options.json}")
-    if options.keep or not result["ok"]:
-        print(f"logs and history kept in {directory}  (reproduce: --seed {options.seed})")
-    else:
-        shutil.rmtree(directory, ignore_errors=True)
-    return 0 if result["ok"] else 1
+    return finish(result, options, directory)
 
 
 def _soak(cluster, options, replyTimeoutMs, table):
     chaos = FailoverChaos(cluster, options.ttl, replyTimeoutMs, log=lambda text: print(text, flush=True))
-    began = time.monotonic()
-    interrupted = False
-    try:
-        cluster.startNodes(options.nodes)
-        cluster.waitForStarts(1, timeout=30 + options.ttl / 1000.0)
-        began = time.monotonic()
-        for step in plan(options.seed, 10**9, table):
-            if time.monotonic() - began >= options.duration:
-                break
-            try:
-                entry = chaos.run(step)
-            except Exception:
-                entry = dict(step, t=round(time.monotonic(), 3), target=None, error=traceback.format_exc())
-                chaos.faultLog.append(entry)
-                chaos.harnessErrors.append(entry)
-                print(f"  step {step['step']}: harness error\n{entry['error']}", flush=True)
-            print(
-                f"[{time.monotonic() - began:7.1f}s] step {step['step']:4d} {step['kind']:<30}"
-                f" {entry.get('target') or ''} {entry.get('skipped') or ''}"
-                f"{' failover %ss' % entry['failover_s'] if entry.get('failover_s') else ''}",
-                flush=True,
-            )
-            chaos.waitRecovery(entry, cluster.bound + 10)
-            time.sleep(step["pause"])
-        time.sleep(1.0)
-    except KeyboardInterrupt:
-        interrupted = True
-        print("interrupted: reporting what ran so far", flush=True)
-    finally:
-        try:
-            os.unlink(chaos.switch)
-        except OSError:
-            pass
-        chaos.healEverything()
-    verdict = cluster.verdict()
-    result = summarizeFailovers(cluster, chaos, options, verdict, time.monotonic() - began)
-    result["interrupted"] = interrupted
-    result["leftovers"] = cluster.stopCleanly()
-    result["ok"] = result["ok"] and not result["leftovers"]
-    result["containment"] = options.containment
-    return result
+    return soak(cluster, chaos, options, summarizeFailovers, table=table, startTimeout=30 + options.ttl / 1000.0,
+                healAfterError=False)

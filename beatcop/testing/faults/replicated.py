@@ -35,16 +35,14 @@ topologies as context managers).
 """
 
 import os
-import signal
-import subprocess
 import threading
 import time
 
-from .cluster import FaultCluster, SupervisedNode
+from .cluster import FaultCluster
 from .proxy import FaultProxy
-from ..processes import nodeEnvironment, readLog, twistdArgv, waitUntil, writeConfig
+from ..processes import readLog, twistdArgv, waitUntil, writeConfig
 from ..redis import RedisServer, findRedisServer, freePort
-from ..topologies import SLOTS, clusterPort, _Started
+from ..topologies import SLOTS, clusterPort, _Process, _Started
 
 LOOPBACK = "127.0.0.1"
 
@@ -154,7 +152,7 @@ class Member:
         return f"<{self.name} {self.source} proxy {self.proxy.port if self.proxy else '-'}>"
 
 
-class SentinelProcess:
+class SentinelProcess(_Process):
     """
     One sentinel (C{redis-server --sentinel}) on 127.0.0.1, from a
     configuration written by L{SentinelTopology}.
@@ -165,17 +163,13 @@ class SentinelProcess:
         self.directory = directory
         self.port = port
         self.configPath = os.path.join(directory, "sentinel.conf")
-        self.logPath = os.path.join(directory, "sentinel.log")
         with open(self.configPath, "w") as f:
             f.write("\n".join([f"port {port}", f"bind {LOOPBACK}", "daemonize no", f"dir {directory}"] + lines) + "\n")
-        self.process = None
+        super().__init__([findRedisServer(), self.configPath, "--sentinel"], os.path.join(directory, "sentinel.log"),
+                         cwd=directory)
 
     def start(self):
-        with open(self.logPath, "ab") as log:
-            self.process = subprocess.Popen(
-                [findRedisServer(), self.configPath, "--sentinel"], stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, cwd=self.directory, start_new_session=True,
-            )
+        super().start()
 
         def answers():
             if self.process.poll() is not None:
@@ -191,23 +185,6 @@ class SentinelProcess:
 
         waitUntil(answers, 10, interval=0.02, what=f"sentinel on {self.port} to answer")
         return self
-
-    @property
-    def running(self):
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self):
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
-
-    def log(self):
-        return readLog(self.logPath)
 
 
 class ReplicatedTopology(_Started):
@@ -960,15 +937,7 @@ class ReplicatedFaultCluster(FaultCluster):
         argv = twistdArgv("-c", path, *extraArguments)
         argv[2] = _SOURCED_TWISTD
         environment = dict(environment, BEATCOP_TEST_SOURCE_ADDRESS=nodeAddress(name))
-        node = SupervisedNode(name, self.directory, argv, nodeEnvironment(name, **environment))
-        node.configPath = path
-        node.address = nodeAddress(name)
-        with self._lock:
-            self.nodes.append(node)
-            self.timeline.set(("path", name), ("pass", 0))
-            if start:
-                self._startNode(node)
-        return node
+        return self._enlist(name, argv, path, environment, start, address=nodeAddress(name))
 
     # -- faults --------------------------------------------------------
 
