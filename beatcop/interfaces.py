@@ -143,6 +143,15 @@ class ILease(Interface):
         @return: a Deferred.
         """
 
+    def forgetDeadNeighbours():
+        """
+        Remove from the node registry the entries of this host's nodes whose
+        process is gone (a node killed and restarted under a new id), so
+        that they do not count in the standbys' ranks until they go stale.
+
+        @return: a Deferred firing with how many were removed.
+        """
+
 
 class IRun(Interface):
     """

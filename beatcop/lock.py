@@ -96,6 +96,27 @@ def newHolderId():
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(8)}"
 
 
+def _hostOf(holderId):
+    return holderId.rsplit(":", 2)[0] if holderId.count(":") >= 2 else None
+
+
+def _pidOf(holderId):
+    try:
+        return int(holderId.rsplit(":", 2)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def _processAlive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's: alive
+    return True
+
+
 def fencingKeyFor(lockName):
     """
     The fencing counter's key, in the lock's hash slot.
@@ -300,6 +321,36 @@ class RedisLock:
         @return: a Deferred firing when done.
         """
         return self.client.execute("HDEL", self.registryKey, self.holderId)
+
+    @defer.inlineCallbacks
+    def forgetDeadNeighbours(self, processAlive=None):
+        """
+        Remove the registry entries of this host's nodes whose process is
+        gone.  Entries are written on a change of state and at the
+        registry's cadence (minutes), so a node killed without leaving
+        would count in the standbys' ranks that long, and after a restart
+        of every node (a deploy, a supervisor) every live standby would
+        stand behind dead ones: the first in line would look one lease
+        late, and nobody would listen.  Only this host's processes can be
+        checked; another host's dead nodes go when their entries are stale.
+
+        @param processAlive: C{pid -> bool} (default: C{kill(pid, 0)}).
+        @return: a Deferred firing with how many entries were removed.
+        """
+        alive = processAlive or _processAlive
+        host = _hostOf(self.holderId)
+        entries = yield self.client.execute("HKEYS", self.registryKey)
+        dead = []
+        for field in entries or ():
+            field = field.decode("utf-8", "replace") if isinstance(field, bytes) else str(field)
+            if field == self.holderId or _hostOf(field) != host:
+                continue
+            pid = _pidOf(field)
+            if pid is not None and not alive(pid):
+                dead.append(field)
+        if dead:
+            yield self.client.execute("HDEL", self.registryKey, *dead)
+        return len(dead)
 
 
 __all__ = [

@@ -373,6 +373,14 @@ class BeatCopService(service.Service):
             holder=self.lock.holderId,
             lock=self.lock.lockName,
         )
+        try:
+            forgotten = yield self.lock.forgetDeadNeighbours()
+        except BeatCopError:
+            forgotten = 0  # best effort: they go stale
+        if forgotten:
+            self.log.info("Removed {count} dead node(s) of this host from the registry", count=forgotten)
+        if self.state is not NodeState.CONNECTING:
+            return
         self.client.notifyOnConnect(self._reconnected)
         self._moveTo(NodeState.STANDBY)
         if self.config.notify and self.lock.releaseChannel is not None:

@@ -141,6 +141,10 @@ class FakeLease:
         self.calls.append(("leave", self.clock.seconds(), None))
         return defer.succeed(None)
 
+    def forgetDeadNeighbours(self):
+        self.forgotten = getattr(self, "forgotten", 0) + 1
+        return defer.succeed(0)
+
     def sent(self, method):
         """
         The send times of every call of C{method}.
