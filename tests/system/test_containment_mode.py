@@ -6,6 +6,7 @@ environment marker).
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -262,7 +263,11 @@ class UnprivilegedTests(TestCase):
             raise self.skipTest("needs root, runuser and a Python the user nobody can run")
         self.directory = temporaryDirectory(self, prefix="bcn-")
         os.chmod(self.directory, 0o777)
-        self.repository = os.path.dirname(os.path.dirname(os.path.abspath(guard.__file__)))
+        # A copy of the package that nobody can read, wherever this one is
+        # installed (tox's environments are private to root).
+        self.repository = os.path.join(self.directory, "lib")
+        shutil.copytree(os.path.dirname(os.path.abspath(guard.__file__)), os.path.join(self.repository, "beatcop"),
+                        ignore=shutil.ignore_patterns("__pycache__"))
 
     def runAsNobody(self, cgroup=None):
         ready = os.path.join(self.directory, "daemon")
