@@ -290,11 +290,11 @@ class ForgetDeadNeighboursTests(TestCase):
 
         host = socket.gethostname()
         registry = LockKeys.of(LOCK).registry
-        entry = f"1 standby {{}}"
+        entry = "1 standby {}"
         self.redis.hset(registry, mapping={
             f"{host}:{os.getpid()}:aaaa": entry,  # alive (this test)
             f"{host}:999999999:bbbb": entry,  # no such process
-            f"elsewhere:999999999:cccc": entry,  # another host: cannot tell
+            "elsewhere:999999999:cccc": entry,  # another host: cannot tell
             "not-an-id": entry,
         })
         lock = RedisLock(self.client, LOCK, TTL, holderId=f"{host}:1:me")

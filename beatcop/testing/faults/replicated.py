@@ -36,7 +36,6 @@ topologies as context managers).
 
 import os
 import threading
-import time
 
 from .cluster import FaultCluster
 from .proxy import FaultProxy
