@@ -39,6 +39,7 @@ from .errors import ConfigError
 # A run's cgroup: beatcop-<BeatCop's pid>-<run>, so that a BeatCop can tell
 # the cgroups of a dead BeatCop (whose guard died with it) from live ones.
 _RUN_NAME = re.compile(r"beatcop-([0-9]+)-([0-9]+)\Z")
+_PROBE_NAME = re.compile(r"beatcop-probe-([0-9]+)\Z")
 
 
 class ContainmentMode(enum.Enum):
@@ -154,6 +155,14 @@ class Containment:
         except OSError:
             return []
         for name in names:
+            probe = _PROBE_NAME.match(name)
+            if probe is not None and not _alive(int(probe.group(1))):
+                # A BeatCop killed while it probed: an empty directory.
+                try:
+                    os.rmdir(os.path.join(self.parent, name))
+                except OSError:
+                    pass
+                continue
             match = _RUN_NAME.match(name)
             if match is None or _alive(int(match.group(1))):
                 continue

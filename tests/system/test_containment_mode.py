@@ -157,6 +157,15 @@ class SweepTests(TestCase):
         self.assertEqual(process.wait(5), -signal.SIGKILL)
         self.assertFalse(os.path.exists(path))
 
+    def test_aDeadBeatCopsProbeIsRemoved(self):
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        probe = os.path.join(self.containment.parent, f"beatcop-probe-{dead.pid}")
+        os.mkdir(probe)
+        self.addCleanup(lambda: os.path.isdir(probe) and os.rmdir(probe))
+        self.containment.sweep()
+        self.assertFalse(os.path.exists(probe))
+
     def test_aLiveBeatCopsRunIsLeftAlone(self):
         path = os.path.join(self.containment.parent, f"beatcop-{os.getpid()}-999")
         process = self.runIn(path)
