@@ -156,7 +156,7 @@ class Containment:
             return []
         for name in names:
             probe = _PROBE_NAME.match(name)
-            if probe is not None and not _alive(int(probe.group(1))):
+            if probe is not None and not processAlive(int(probe.group(1))):
                 # A BeatCop killed while it probed: an empty directory.
                 try:
                     os.rmdir(os.path.join(self.parent, name))
@@ -164,7 +164,7 @@ class Containment:
                     pass
                 continue
             match = _RUN_NAME.match(name)
-            if match is None or _alive(int(match.group(1))):
+            if match is None or processAlive(int(match.group(1))):
                 continue
             path = os.path.join(self.parent, name)
             pids = guard.killCgroup(path, self.method)
@@ -213,7 +213,10 @@ def _state(pid):
         return None, None
 
 
-def _alive(pid):
+def processAlive(pid):
+    """
+    Whether process C{pid} runs (a zombie has ended), on this host.
+    """
     state, _ = _state(pid)
     return state is not None and state not in (b"Z", b"X")
 
@@ -339,4 +342,4 @@ def detectContainment(requested="auto", parent=None, source="configuration"):
     return Containment(ContainmentMode.SUBREAPER, why=why)
 
 
-__all__ = ["Containment", "ContainmentMode", "detectContainment", "cgroupMount", "ownCgroup", "marked"]
+__all__ = ["Containment", "ContainmentMode", "detectContainment", "cgroupMount", "ownCgroup", "marked", "processAlive"]

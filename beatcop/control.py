@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from twisted.internet import defer, task
 
 from .protocol import HANDOVER, LOST_DATA, PAUSE, PAUSED, RESUME, RESUME_MESSAGE, STATUS, LockKeys, Windows, decodeEntry, splitValue
-from .redisconn import RedisCommandError
+from .redisconn import RedisCommandError, replyText
 
 
 @dataclass
@@ -62,12 +62,6 @@ class Status:
         return data
 
 
-def _text(value):
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value
-
-
 def staleAfter(config):
     """
     How long a node's registry entry may go unrefreshed before the node is
@@ -94,9 +88,9 @@ def readStatus(client, config):
     status.token = int(fence or 0)
     if paused:
         try:
-            status.paused = json.loads(_text(paused))
+            status.paused = json.loads(replyText(paused))
         except ValueError:
-            status.paused = {"by": _text(paused)}
+            status.paused = {"by": replyText(paused)}
     if holder == PAUSED:
         # Paused with no holder (its placeholder keeps everyone out).
         holder = None
@@ -107,7 +101,7 @@ def readStatus(client, config):
     status.request = request
     status.lease_ms = int(pttl) if holder else None
     windows = _windows(config)
-    registry = [_text(item) for item in registry or []]
+    registry = [replyText(item) for item in registry or []]
     for nodeId, value in zip(registry[::2], registry[1::2]):
         entry = decodeEntry(value)
         if entry is None:

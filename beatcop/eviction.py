@@ -18,15 +18,11 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from .errors import EvictionRisk
-from .redisconn import RedisCommandError
+from .redisconn import RedisCommandError, replyText
 
 SAFE_POLICIES = frozenset({"noeviction"})
 
 log = Logger(namespace="beatcop.eviction")
-
-
-def _text(value):
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def infoFields(reply):
@@ -34,7 +30,7 @@ def infoFields(reply):
     The C{name:value} lines of an C{INFO} reply as a dict.
     """
     fields = {}
-    for line in _text(reply).splitlines():
+    for line in replyText(reply).splitlines():
         name, colon, value = line.partition(":")
         if colon and not name.startswith("#"):
             fields[name.strip()] = value.strip()
@@ -79,7 +75,7 @@ def readPolicy(client, info=None):
     if not all(isinstance(reply, (list, tuple)) and len(reply) == 2 for reply in (maxmemory, policy)):
         return None  # not what Redis answers: nothing known
     try:
-        return int(_text(maxmemory[1])), _text(policy[1])
+        return int(replyText(maxmemory[1])), replyText(policy[1])
     except ValueError:
         return None
 

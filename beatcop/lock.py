@@ -35,8 +35,10 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from .containment import processAlive as _defaultProcessAlive
 from .errors import RedisProtocolError
 from .interfaces import ILease
+from .redisconn import replyText
 from .protocol import (
     ACQUIRE,
     EMPTY,
@@ -105,16 +107,6 @@ def _pidOf(holderId):
         return int(holderId.rsplit(":", 2)[1])
     except (IndexError, ValueError):
         return None
-
-
-def _processAlive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's: alive
-    return True
 
 
 def fencingKeyFor(lockName):
@@ -334,15 +326,16 @@ class RedisLock:
         late, and nobody would listen.  Only this host's processes can be
         checked; another host's dead nodes go when their entries are stale.
 
-        @param processAlive: C{pid -> bool} (default: C{kill(pid, 0)}).
+        @param processAlive: C{pid -> bool} (default: L{beatcop.containment.processAlive}:
+            a zombie is dead too).
         @return: a Deferred firing with how many entries were removed.
         """
-        alive = processAlive or _processAlive
+        alive = processAlive or _defaultProcessAlive
         host = _hostOf(self.holderId)
         entries = yield self.client.execute("HKEYS", self.registryKey)
         dead = []
         for field in entries or ():
-            field = field.decode("utf-8", "replace") if isinstance(field, bytes) else str(field)
+            field = str(replyText(field))
             if field == self.holderId or _hostOf(field) != host:
                 continue
             pid = _pidOf(field)

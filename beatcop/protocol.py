@@ -44,7 +44,7 @@ import itertools
 import json
 from dataclasses import dataclass
 
-from .redisconn import RedisCommandError
+from .redisconn import RedisCommandError, replyText
 
 # The lock's value while a standby holds it back after Redis lost its data.
 LOST_DATA = "beatcop:lost-data"
@@ -199,9 +199,7 @@ def decodeEntry(value):
     A registry entry as an L{Entry}, or C{None} if it is not one.  Entries
     of BeatCop 2.0 development builds (C{"<seen> <json>"}) are read too.
     """
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    seen, _, rest = str(value).partition(" ")
+    seen, _, rest = str(replyText(value)).partition(" ")
     try:
         seen = int(seen)
         if rest.startswith("{"):
@@ -574,8 +572,7 @@ def splitValue(value):
     C{"paused"} or C{None}; the holder is C{None} for a free lock, and
     L{PAUSED} or L{LOST_DATA} for those placeholders.
     """
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
+    value = replyText(value)
     if not value:
         return None, None
     holder, bar, request = value.partition("|")

@@ -38,6 +38,7 @@ from twisted.logger import Logger
 
 from .protocol import ACQUIRED_PREFIX, LOST_DATA
 from .protocol import PAUSED as PAUSED_HOLDER
+from .redisconn import replyText
 
 ATTEMPT_SPREAD = 0.002
 RANK_STEP = 0.010
@@ -366,8 +367,7 @@ class StandbyLoop:
         the listener may have missed one (C{None}): try at once, in this
         node's turn.
         """
-        if isinstance(message, bytes):
-            message = message.decode("utf-8", "replace")
+        message = replyText(message)
         if message is not None and message.startswith(ACQUIRED_PREFIX):
             try:
                 self._lease.sawToken(int(message[len(ACQUIRED_PREFIX):]))

@@ -9,6 +9,7 @@ from twisted.logger import Logger
 
 from .errors import RedisProtocolError
 from .eviction import checkEviction
+from .redisconn import replyText
 
 MINIMUM_REDIS = (2, 6, 12)
 
@@ -47,8 +48,7 @@ def redisVersion(info):
     """
     The version in an C{INFO} reply, as a tuple of ints.
     """
-    if isinstance(info, bytes):
-        info = info.decode("utf-8", "replace")
+    info = replyText(info)
     for line in str(info).splitlines():
         if line.startswith("redis_version:"):
             try:

@@ -42,9 +42,10 @@ from .errors import (
     RedisTLSError,
     SentinelServiceUnknown,
 )
-from .resp import RedisProtocol, SubscriberProtocol
+from .resp import RedisProtocol, SubscriberProtocol, replyText
 
 __all__ = [
+    "replyText",
     "RedisClient", "endpointFor", "RedisCommandError", "RedisNotReady", "RedisReplicationError", "RedisTimeout",
     "RedisTLSError", "SentinelServiceUnknown", "RedisProtocol", "SubscriberProtocol",
 ]

@@ -183,6 +183,14 @@ class _SingleConnectionFactory(Factory):
         exitCode = EX_NOPERM if "auth" in why.lower() else None
         self.ready.errback(RedisProtocolError(f"{self.address}: {why}", exitCode=exitCode))
 
+def replyText(value):
+    """
+    A Redis reply as text: bulk strings come as bytes from a connection
+    without a charset; anything else (text already, C{None}) as it is.
+    """
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
 def _abort(proto):
     if proto is not None and proto.transport is not None:
         proto.transport.abortConnection()
