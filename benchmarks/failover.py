@@ -49,7 +49,8 @@ REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPOSITORY not in sys.path:
     sys.path.insert(0, REPOSITORY)
 
-from beatcop.testing.history import _alive, recorderPids  # noqa: E402
+from beatcop.containment import processAlive  # noqa: E402
+from beatcop.testing.history import recorderPids  # noqa: E402
 from beatcop.testing.processes import RECORDER, Node, nodeEnvironment, recorderCommand, twistdArgv, writeConfig  # noqa: E402
 from beatcop.testing.processes import waitUntil as _waitUntil  # noqa: E402
 from beatcop.testing.redis import startRedisServer  # noqa: E402
@@ -684,7 +685,7 @@ class Run:
 
         def find():
             starts = self.history.starts()
-            if starts and _alive(starts[-1]["pid"]):
+            if starts and processAlive(starts[-1]["pid"]):
                 return starts[-1]
             return None
 
@@ -763,7 +764,7 @@ class Run:
             except subprocess.TimeoutExpired:
                 killNodeGroup(node)
                 code = "killed"
-            waitUntil(lambda: not _alive(start["pid"]), 5 + self.ttl, "the cold-start command to end")
+            waitUntil(lambda: not processAlive(start["pid"]), 5 + self.ttl, "the cold-start command to end")
             left = self.redis.exists(self.impl.lockKey)
             results.append(
                 {
@@ -1196,7 +1197,7 @@ class Run:
         pttl = firstPttl
         timeout = 4 * self.ttl + 10
         try:
-            waitUntil(lambda: not _alive(oldStart["pid"]), 2 * self.ttl, "the killed holder's command to die", 0.005)
+            waitUntil(lambda: not processAlive(oldStart["pid"]), 2 * self.ttl, "the killed holder's command to die", 0.005)
             childDead = time.monotonic()
         except BenchmarkError:
             childDead = None

@@ -78,7 +78,8 @@ from failover import (  # noqa: E402  (failover puts the checkout first on sys.p
     waitUntil,
 )
 
-from beatcop.testing.history import _alive, readHistory  # noqa: E402
+from beatcop.containment import processAlive  # noqa: E402
+from beatcop.testing.history import readHistory  # noqa: E402
 from beatcop.testing.processes import Node, writeConfig  # noqa: E402
 from beatcop.testing.redis import startRedisServer  # noqa: E402
 
@@ -180,7 +181,7 @@ def commandPids(history):
     return [
         e["pid"]
         for e in readHistory(history)
-        if _alive(e["pid"]) and os.path.basename(cmdline(e["pid"])[0]) == b"sleep"
+        if processAlive(e["pid"]) and os.path.basename(cmdline(e["pid"])[0]) == b"sleep"
     ]
 
 
@@ -261,7 +262,7 @@ class Footprint(Run):
             killNodeGroup(node)
             node.process.wait(5)
         try:
-            waitUntil(lambda: not _alive(start["pid"]), 5 + self.ttl, f"{name}'s command to end")
+            waitUntil(lambda: not processAlive(start["pid"]), 5 + self.ttl, f"{name}'s command to end")
         except BenchmarkError:
             self.notes.append(f"{name}'s command outlived its node; killed")
             killCommands(self.impl.history)

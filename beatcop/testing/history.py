@@ -25,6 +25,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from ..containment import processAlive
+
 
 def readHistory(path):
     """
@@ -44,15 +46,20 @@ def readHistory(path):
     return events
 
 
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    # The state follows the parenthesised command name, which may contain
-    # spaces and parentheses itself.
-    return stat[stat.rfind(")") + 2:stat.rfind(")") + 3] not in ("Z", "X")
+def commandLines():
+    """
+    C{(pid, command line)} of every process on this host, the command line
+    as C{/proc} has it (arguments ended by NUL bytes); a process that ends
+    while it is read is left out.
+    """
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    cmdline = f.read()
+            except OSError:
+                continue
+            yield int(name), cmdline
 
 
 def _parentPid(pid):
@@ -117,7 +124,7 @@ def scanRunsByEnvironment(historyPath):
             run = int(environ[at + len(key) : environ.index(b"\0", at + 1)])
         except ValueError:
             continue
-        if _alive(int(name)):
+        if processAlive(int(name)):
             found.append((run, int(name), time.monotonic()))
     return found
 
@@ -139,14 +146,7 @@ def scanRuns(historyPath, trees=False, environ=False):
         return scanRunsByEnvironment(historyPath)
     needle = os.path.abspath(historyPath).encode()
     found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            continue
+    for pid, cmdline in commandLines():
         if needle not in cmdline:
             continue
         # The recorder itself: not the lease guard or a shell whose
@@ -156,7 +156,7 @@ def scanRuns(historyPath, trees=False, environ=False):
             continue
         run = None
         if any(a.endswith(b"/recorder.py") for a in argv) and not any(a.endswith(b"guard.py") for a in argv):
-            run = int(name)
+            run = pid
             # A recorder's child between fork and exec still shows the
             # recorder's command line: it belongs to its parent's run.
             parent = _parentPid(run)
@@ -170,8 +170,8 @@ def scanRuns(historyPath, trees=False, environ=False):
                 run = int(argv[at + 2])
             except (IndexError, ValueError):
                 continue
-        if run is not None and _alive(int(name)):
-            found.append((run, int(name), time.monotonic()))
+        if run is not None and processAlive(pid):
+            found.append((run, pid, time.monotonic()))
     return found
 
 
@@ -237,7 +237,7 @@ class Sampler:
         if crowded and self.confirm:
             spans = {}
             for run, pid, checkedAt in found:
-                again = time.monotonic() if _alive(pid) else None
+                again = time.monotonic() if processAlive(pid) else None
                 spans.setdefault(run, []).append((checkedAt, again if again is not None else checkedAt))
             confirmed = _spansMeet(spans)
         now = time.monotonic()

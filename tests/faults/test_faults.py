@@ -36,7 +36,7 @@ import time
 import pytest
 
 from beatcop.testing.faults.cluster import FaultCluster, guardsOf
-from beatcop.testing.history import _alive
+from beatcop.containment import processAlive
 from beatcop.testing.processes import waitUntil
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc and prctl")
@@ -118,7 +118,7 @@ def test_kill9_holder_process_group(makeCluster):
     """
     cluster = makeCluster(recorderOptions=("--fork", "2"))
     holder, first = cluster.holder()
-    waitUntil(lambda: all(_alive(pid) for pid in first["grandchildren"]), 5, what="grandchildren")
+    waitUntil(lambda: all(processAlive(pid) for pid in first["grandchildren"]), 5, what="grandchildren")
     cluster.kill(holder, signal.SIGKILL, group=True)
     cluster.waitTreeGone(first, 3)
     # (the tree was found gone by identity, not by pid: pids are reused)
@@ -141,7 +141,7 @@ def _freezeHolder(cluster, holder, first):
     cluster.freeze(holder)
     try:
         # The command itself; its whole tree is the verdict's business.
-        waitUntil(lambda: not _alive(first["pid"]), TTL + 3, what=lambda: f"the command to die\n{cluster.logs()}")
+        waitUntil(lambda: not processAlive(first["pid"]), TTL + 3, what=lambda: f"the command to die\n{cluster.logs()}")
         deadAt = time.monotonic()
         # The last confirmed refresh was sent less than an interval before
         # the freeze; the guard's deadline is a TTL after it.
@@ -177,7 +177,7 @@ def test_sigstop_holder_whose_grandchildren_ignore_sigterm(makeCluster):
     """
     cluster = makeCluster(recorderOptions=("--fork", "2", "--fork-ignore-term"))
     holder, first = cluster.holder()
-    waitUntil(lambda: all(_alive(pid) for pid in first["grandchildren"]), 5, what="grandchildren")
+    waitUntil(lambda: all(processAlive(pid) for pid in first["grandchildren"]), 5, what="grandchildren")
     _freezeHolder(cluster, holder, first)
     cluster.assertOk()
 
@@ -360,20 +360,20 @@ def test_child_forking_grandchildren(makeCluster):
     """
     cluster = makeCluster(recorderOptions=("--fork", "2"))
     holder, first = cluster.holder()
-    waitUntil(lambda: all(_alive(pid) for pid in first["grandchildren"]), 5, what="grandchildren")
+    waitUntil(lambda: all(processAlive(pid) for pid in first["grandchildren"]), 5, what="grandchildren")
     stoppedAt = time.monotonic()
     cluster.kill(holder, signal.SIGTERM)
     cluster.waitTreeGone(first, 5)
     second = cluster.waitStartAfter(first["t"], TTL + 3)
     assert second["t"] - stoppedAt < TTL, "a clean stop hands over without waiting for the lease"
-    waitUntil(lambda: all(_alive(pid) for pid in second["grandchildren"]), 5, what="grandchildren")
+    waitUntil(lambda: all(processAlive(pid) for pid in second["grandchildren"]), 5, what="grandchildren")
     newHolder = cluster.node(second["node"])
     cluster.kill(newHolder, signal.SIGKILL)
     cluster.waitTreeGone(second, 3)
     third = cluster.waitStartAfter(second["t"], TTL + 5)
     assert third["token"] > second["token"]
     for pid in first["grandchildren"] + second["grandchildren"]:
-        assert not _alive(pid), pid
+        assert not processAlive(pid), pid
     observe(cluster, 0.5)
     cluster.assertOk()
 

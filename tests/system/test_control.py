@@ -16,7 +16,7 @@ import pytest
 from beatcop import __version__
 from beatcop.protocol import LockKeys, Windows
 
-from beatcop.testing.history import _alive
+from beatcop.containment import processAlive
 from beatcop.testing.processes import Cluster, nodeEnvironment, waitUntil, writeConfig
 from beatcop.testing.redis import freePort
 
@@ -144,7 +144,7 @@ def test_pause_stops_everywhere_survives_restarts_and_resume_starts_again(cluste
     _, first = cluster.holder()
     result = beatcop("pause", "-c", cluster.configPath, "--reason", "migration")
     assert result.returncode == 0, result.stdout + result.stderr
-    waitUntil(lambda: not _alive(first["pid"]), 5, what="the command to stop")
+    waitUntil(lambda: not processAlive(first["pid"]), 5, what="the command to stop")
     code, data = status(cluster)
     assert code == 3 and data["paused"]["reason"] == "migration"
     # Every node restarted while paused: still nothing runs.

@@ -22,6 +22,8 @@ from beatcop.embedded import (
 )
 from beatcop.errors import ConfigError, RedisUnreachable
 
+from beatcop.containment import processAlive
+from beatcop.testing.history import commandLines
 from beatcop.testing.redis import temporaryDirectory
 
 
@@ -51,22 +53,11 @@ def _serversOn(socketPath):
     """
     The pids of live redis-server processes started for C{socketPath}.
     """
-    pids = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as cmdlineFile:
-                commandLine = cmdlineFile.read()
-            with open(f"/proc/{name}/stat", "rb") as statFile:
-                state = statFile.read().rsplit(b")", 1)[-1].split()[0]
-        except OSError:
-            continue
-        if ((b"redis-server" in commandLine or b"valkey-server" in commandLine)
-                and os.fsencode(socketPath) in commandLine
-                and state not in (b"Z", b"X")):
-            pids.append(int(name))
-    return pids
+    return [
+        pid for pid, commandLine in commandLines()
+        if (b"redis-server" in commandLine or b"valkey-server" in commandLine)
+        and os.fsencode(socketPath) in commandLine and processAlive(pid)
+    ]
 
 
 class EmbeddedTestCase(SynchronousTestCase):

@@ -19,7 +19,7 @@ import pytest
 
 from beatcop.config import KEYS
 
-from beatcop.testing.history import _alive
+from beatcop.containment import processAlive
 from beatcop.testing.processes import (
     Cluster,
     Node,
@@ -74,7 +74,7 @@ def runEnd(cluster, pid):
 
 
 def waitGone(cluster, pid, timeout):
-    waitUntil(lambda: not _alive(pid), timeout, what=lambda: f"command pid {pid} to die\n{cluster.logs()}")
+    waitUntil(lambda: not processAlive(pid), timeout, what=lambda: f"command pid {pid} to die\n{cluster.logs()}")
     cluster.sampler.sampleOnce()
     return time.monotonic()
 
@@ -134,11 +134,11 @@ def test_kill9_holder_process_group(makeCluster):
     cluster = makeCluster(recorderOptions=("--fork", "2"))
     cluster.startNodes(2)
     holder, first = cluster.holder()
-    waitUntil(lambda: all(_alive(pid) for pid in first["grandchildren"]), 5, what="grandchildren")
+    waitUntil(lambda: all(processAlive(pid) for pid in first["grandchildren"]), 5, what="grandchildren")
     holder.killGroup(signal.SIGKILL)
     waitGone(cluster, first["pid"], 2)
     for pid in first["grandchildren"]:
-        waitUntil(lambda: not _alive(pid), 2, what=f"grandchild {pid} to die")
+        waitUntil(lambda: not processAlive(pid), 2, what=f"grandchild {pid} to die")
     second = cluster.waitForStarts(2, timeout=TTL + 5)
     assert second["token"] > first["token"]
     cluster.assertNoOverlap()
@@ -399,11 +399,11 @@ def test_shell_grandchildren_die_with_the_command(workdir, redisServer):
         waitUntil(lambda: readHistory(history), 10, what=lambda: f"the command to start\n{node.log()}")
         start = readHistory(history)[0]
         pids = [start["pid"], *start["grandchildren"]]
-        assert all(_alive(pid) for pid in pids)
+        assert all(processAlive(pid) for pid in pids)
         node.send(signal.SIGTERM)
         assert node.wait(5) == 0, node.log()
         for pid in pids:
-            waitUntil(lambda: not _alive(pid), 3, what=f"pid {pid} to die")
+            waitUntil(lambda: not processAlive(pid), 3, what=f"pid {pid} to die")
     finally:
         node.cleanup()
 
@@ -653,7 +653,7 @@ def test_embedding_example_tac_runs_the_node(workdir, redisServer):
         assert redisServer.client().get("embedded") == start["holder"]
         node.send(signal.SIGTERM)
         node.wait(5)
-        waitUntil(lambda: not _alive(start["pid"]), 3, what="the command to stop")
+        waitUntil(lambda: not processAlive(start["pid"]), 3, what="the command to stop")
         assert redisServer.client().get("embedded") is None, node.log()
         assert "Released lock embedded" in node.log()
     finally:

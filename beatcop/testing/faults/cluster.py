@@ -27,7 +27,7 @@ import traceback
 from dataclasses import dataclass, field
 
 from .proxy import FaultProxy
-from ..history import check, scanRuns
+from ..history import check, commandLines, scanRuns
 from ..processes import Cluster, Node, nodeEnvironment, twistdArgv, waitUntil, writeConfig
 
 # Exit codes a node may end with in these tests (besides being killed by a
@@ -695,22 +695,16 @@ def guardsOf(node):
     """
     parent = str(node.pid).encode()
     found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
+    for pid, cmdline in commandLines():
+        argv = cmdline.split(b"\0")
         if any(a.endswith(b"guard.py") for a in argv) and b"--parent" in argv:
             if argv[argv.index(b"--parent") + 1] == parent:
                 try:
-                    with open(f"/proc/{name}/task/{name}/children") as f:
+                    with open(f"/proc/{pid}/task/{pid}/children") as f:
                         working = bool(f.read().split())
                 except OSError:
                     working = False
-                found.append((int(name), working))
+                found.append((pid, working))
     return found
 
 
