@@ -209,9 +209,11 @@ class ChildProcess(protocol.ProcessProtocol):
                 self._python,
                 args,
                 env=self.environment,
-                childFDs={0: 0, 1: 1, 2: 2, 3: "w", 4: "r"}
+                # 5: our own standard error, where the guard speaks once we
+                # are gone (see beatcop.guard).
+                childFDs={0: 0, 1: 1, 2: 2, 3: "w", 4: "r", 5: 2}
                 if self.output == "inherit"
-                else {0: 0, 1: "r", 2: "r", 3: "w", 4: "r"},
+                else {0: 0, 1: "r", 2: "r", 3: "w", 4: "r", 5: 2},
             )
         except OSError as e:
             self.started.errback(ChildStartError(f"cannot start the lease guard: {e}"))
@@ -287,6 +289,14 @@ class ChildProcess(protocol.ProcessProtocol):
         if childFD == 4:
             self._statusClosed = True
             self._guardGone()
+
+    def tellRelease(self, message):
+        """
+        Tell the guard how to release the lease should BeatCop die while it
+        holds it (see L{beatcop.guardrelease}): one line of JSON, through
+        the control pipe only (it may hold a password).
+        """
+        self._tell(f"release {message}")
 
     def extendDeadline(self, killBy):
         """

@@ -118,6 +118,17 @@ def formatStatus(status, now):
             lines.append("handover asked: the holder stops the command at its next refresh")
     elif not status.paused:
         lines.append(f"not running: the lock is free (fencing token so far {status.token})")
+    takeover = status.last_takeover
+    if takeover is not None and takeover["holder"] is not None:
+        gap = ""
+        if takeover["freed_ms_ago"] is not None:
+            gap = f", {(takeover['freed_ms_ago'] - takeover['taken_ms_ago']) / 1000:.3f} s after it was freed"
+        lines.append(
+            f"last takeover {_age(takeover['taken_ms_ago'] / 1000)} ago, token {takeover['token']}"
+            f" by {takeover['holder']}: {takeover['how']}{gap}"
+        )
+    elif takeover is not None:
+        lines.append(f"freed {_age(takeover['freed_ms_ago'] / 1000)} ago: {takeover['how']}")
     standbys = [node for node in status.nodes if node.role == "standby"]
     silent = [node for node in status.nodes if node.role == "silent"]
     lines.append(

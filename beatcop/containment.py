@@ -35,10 +35,15 @@ import signal
 
 from . import guard
 from .errors import ConfigError
+from .identity import Proc, ProcessIdentity, provablyDead
 
-# A run's cgroup: beatcop-<BeatCop's pid>-<run>, so that a BeatCop can tell
-# the cgroups of a dead BeatCop (whose guard died with it) from live ones.
-_RUN_NAME = re.compile(r"beatcop-([0-9]+)-([0-9]+)\Z")
+# A run's cgroup: beatcop-<pid namespace>-<pid>-<start time>-<run>, BeatCop's
+# identity (beatcop.identity), so that a BeatCop can tell the cgroups of a
+# dead BeatCop (whose guard died with it) from live ones, even across pid
+# namespaces and recycled pids; beatcop-<pid>-<run> without one (not Linux,
+# and BeatCop before 2.1).
+_RUN_NAME = re.compile(r"beatcop-([0-9]+)-([0-9]+)-([0-9]+)-([0-9]+)\Z")
+_OLD_RUN_NAME = re.compile(r"beatcop-([0-9]+)-([0-9]+)\Z")
 _PROBE_NAME = re.compile(r"beatcop-probe-([0-9]+)\Z")
 
 
@@ -60,11 +65,16 @@ class Containment:
     @ivar why: with C{subreaper} under C{auto}, why no cgroup could be used.
     """
 
-    def __init__(self, mode, parent=None, method="kill", why=None):
+    def __init__(self, mode, parent=None, method="kill", why=None, identity=None):
+        """
+        @param identity: this BeatCop's L{beatcop.identity.ProcessIdentity},
+            which names its runs' cgroups (default: read from /proc).
+        """
         self.mode = mode
         self.parent = parent
         self.method = method
         self.why = why
+        self.identity = identity if identity is not None else Proc().current()
         self._runs = itertools.count(1)
 
     @property
@@ -87,7 +97,7 @@ class Containment:
         """
         if not self.usesCgroup:
             return None
-        return os.path.join(self.parent, f"beatcop-{os.getpid()}-{next(self._runs)}")
+        return os.path.join(self.parent, f"{runCgroupPrefix(self.identity)}{next(self._runs)}")
 
     def guardArguments(self, cgroupPath):
         if cgroupPath is None:
@@ -163,8 +173,7 @@ class Containment:
                 except OSError:
                     pass
                 continue
-            match = _RUN_NAME.match(name)
-            if match is None or processAlive(int(match.group(1))):
+            if not self._leftByTheDead(name):
                 continue
             path = os.path.join(self.parent, name)
             pids = guard.killCgroup(path, self.method)
@@ -172,6 +181,83 @@ class Containment:
             guard.removeCgroup(path)
             swept.append((path, pids))
         return swept
+
+
+    def _leftByTheDead(self, name):
+        """
+        Whether the cgroup C{name} under our parent is a run of a BeatCop
+        that is dead: provably (see L{beatcop.identity}) when the name says
+        who made it, else by its pid alone (a BeatCop before 2.1).
+        """
+        match = _RUN_NAME.match(name)
+        if match is not None:
+            if self.identity is None:
+                return False
+            namespace, pid, start, _ = (int(group) for group in match.groups())
+            maker = ProcessIdentity(self.identity.boot, namespace, pid, start, self.identity.uid)
+            return maker != self.identity and provablyDead(maker, self.identity)
+        match = _OLD_RUN_NAME.match(name)
+        return match is not None and not processAlive(int(match.group(1)))
+
+
+def runCgroupPrefix(identity):
+    """
+    The start of the names of the runs' cgroups of the BeatCop C{identity}
+    (a L{beatcop.identity.ProcessIdentity}, or C{None}: this process, by
+    its pid alone).
+    """
+    if identity is None:
+        return f"beatcop-{os.getpid()}-"
+    return f"beatcop-{identity.pidNamespace}-{identity.pid}-{identity.start}-"
+
+
+def killDeadNodesRuns(holderId, identity, parent=None, method="kill", timeout=2.0):
+    """
+    Kill what a node proven dead (see L{beatcop.identity}) left of its runs,
+    and say whether nothing is left: its runs' cgroups under C{parent}
+    (C{beatcop-<pid>-N}, when it used cgroups) and every process that
+    carries its C{BEATCOP_HOLDER_ID}.  Blocking and bounded; for start-up,
+    before its lease is released for it.
+
+    @param identity: its L{beatcop.identity.ProcessIdentity} (which names
+        its cgroups).
+    @param parent: the directory its runs' cgroups were made under, or
+        C{None} when it did not use cgroups.
+    @return: C{(pids killed, whether nothing of its runs is alive)}.
+    """
+    import time
+
+    cgroups = []
+    if parent is not None:
+        try:
+            names = os.listdir(parent)
+        except OSError:
+            return [], False  # its cgroups are out of our sight
+        prefix = runCgroupPrefix(identity)
+        for name in names:
+            if name.startswith(prefix) and _RUN_NAME.match(name):
+                cgroups.append(os.path.join(parent, name))
+    killed = []
+    until = time.monotonic() + timeout
+    while True:
+        alive = [path for path in cgroups if guard.cgroupPopulated(path)]
+        stragglers = marked(holderId)
+        if not alive and not stragglers:
+            break
+        if time.monotonic() >= until:
+            return killed, False
+        for path in alive:
+            killed.extend(guard.killCgroup(path, method))
+        for straggler in stragglers:
+            try:
+                os.kill(straggler, signal.SIGKILL)
+                killed.append(straggler)
+            except OSError:
+                pass
+        time.sleep(0.002)
+    for path in cgroups:
+        guard.removeCgroup(path)
+    return sorted(set(killed)), True
 
 
 def marked(holderId):
@@ -306,7 +392,7 @@ def _probe(parent):
             pass
 
 
-def detectContainment(requested="auto", parent=None, source="configuration"):
+def detectContainment(requested="auto", parent=None, source="configuration", identity=None):
     """
     Decide the containment of this node's runs (see the module docstring).
 
@@ -314,10 +400,11 @@ def detectContainment(requested="auto", parent=None, source="configuration"):
     @param parent: the cgroup directory to make runs' cgroups under
         (C{cgroup_parent}); default this process's own cgroup.
     @param source: the configuration's file, for the error message.
+    @param identity: this BeatCop's L{beatcop.identity.ProcessIdentity}.
     @raise ConfigError: C{"cgroup"} was requested and cannot be had.
     """
     if requested == "subreaper":
-        return Containment(ContainmentMode.SUBREAPER)
+        return Containment(ContainmentMode.SUBREAPER, identity=identity)
     why = None
     method = None
     if parent is None:
@@ -336,10 +423,13 @@ def detectContainment(requested="auto", parent=None, source="configuration"):
     if why is None:
         method, why = _probe(parent)
     if method is not None:
-        return Containment(ContainmentMode.CGROUP, parent=parent, method=method)
+        return Containment(ContainmentMode.CGROUP, parent=parent, method=method, identity=identity)
     if requested == "cgroup":
         raise ConfigError(f"{source}: [beatcop] containment: cgroup is not available here: {why}")
-    return Containment(ContainmentMode.SUBREAPER, why=why)
+    return Containment(ContainmentMode.SUBREAPER, why=why, identity=identity)
 
 
-__all__ = ["Containment", "ContainmentMode", "detectContainment", "cgroupMount", "ownCgroup", "marked", "processAlive"]
+__all__ = [
+    "Containment", "ContainmentMode", "detectContainment", "cgroupMount", "ownCgroup", "marked", "processAlive",
+    "killDeadNodesRuns",
+]

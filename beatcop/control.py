@@ -21,7 +21,10 @@ from dataclasses import asdict, dataclass, field
 
 from twisted.internet import defer, task
 
-from .protocol import HANDOVER, LOST_DATA, PAUSE, PAUSED, RESUME, RESUME_MESSAGE, STATUS, LockKeys, Windows, decodeEntry, splitValue
+from .protocol import (
+    HANDOVER, LOST_DATA, PAUSE, PAUSED, RESUME, RESUME_MESSAGE, STATUS, LockKeys, Windows, decodeEntry, decodeTakeover,
+    splitValue,
+)
 from .redisconn import RedisCommandError, replyText
 
 
@@ -51,6 +54,9 @@ class Status:
     paused: dict = None  # who paused and when, or None
     lost_data: bool = False  # a standby holds the lock back after data loss
     nodes: list = field(default_factory=list)
+    # How the lock last changed hands: cause, previous holder, holder,
+    # token, and how long ago (ms, Redis's clock) it was freed and taken.
+    last_takeover: dict = None
 
     @property
     def held(self):
@@ -81,8 +87,8 @@ def readStatus(client, config):
     """
     keys = LockKeys.of(config.lockName)
     # By EVAL: the tools' ACL user needs no EVALSHA, and proxies have none.
-    reply = yield STATUS(client, (keys.lock, keys.fence, keys.registry, keys.paused), (), useEvalSha=False)
-    value, pttl, fence, paused, registry, now = reply
+    reply = yield STATUS(client, (keys.lock, keys.fence, keys.registry, keys.paused, keys.takeover), (), useEvalSha=False)
+    value, pttl, fence, paused, registry, now, record = reply
     holder, request = splitValue(value)
     status = Status(lock=config.lockName, redis=client.address)
     status.token = int(fence or 0)
@@ -100,6 +106,17 @@ def readStatus(client, config):
     status.holder = holder
     status.request = request
     status.lease_ms = int(pttl) if holder else None
+    takeover = decodeTakeover(record)
+    if takeover is not None:
+        status.last_takeover = {
+            "cause": takeover.cause,
+            "how": takeover.describe(),
+            "previous": takeover.previous,
+            "holder": takeover.holder,
+            "token": takeover.token,
+            "freed_ms_ago": int(now) - takeover.freedAt if takeover.freedAt is not None else None,
+            "taken_ms_ago": int(now) - takeover.takenAt if takeover.takenAt is not None else None,
+        }
     windows = _windows(config)
     registry = [replyText(item) for item in registry or []]
     for nodeId, value in zip(registry[::2], registry[1::2]):

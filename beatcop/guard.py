@@ -26,7 +26,15 @@ library (and few modules of it) so that it starts in milliseconds.  It:
      parent-death signal).  It never kills itself before the command's
      descendants are dead: that ordering is the point of the guard;
   5. ignores the usual stop signals itself (a C{KillMode=control-group}
-     SIGTERM reaches every process): BeatCop tells it what to do.
+     SIGTERM reaches every process): BeatCop tells it what to do;
+  6. when BeatCop died holding the lease, and only once nothing of the run
+     is alive, releases the lease as BeatCop's clean stop would (a
+     compare-and-delete on this node's holder id, announced), so that a
+     standby takes over at once instead of a lease later.  BeatCop keeps it
+     told where and how the lock's Redis is reached; the release is
+     L{beatcop.guardrelease}, loaded only then.  A release that cannot be
+     done (Redis unreachable) leaves the lease to expire, and says so on
+     BeatCop's standard error (the supervisor's journal).
 
 L{contain} is the one containment mechanism of every end of a run: with a
 cgroup, C{cgroup.kill} (Linux 5.14+), or freezing it and SIGKILLing every pid
@@ -45,6 +53,10 @@ Control pipe (fd 3, from BeatCop), one line per message:
     stop                the stop signal to the command's group now
     signal N            signal N to the command's group (SIGHUP: reload)
     kill                kill everything now
+    release JSON        where and how to release the lease should BeatCop
+                        die (see beatcop.guardrelease); the newest counts
+Diagnostics (fd 5): BeatCop's own standard error, for what the guard has
+to say when BeatCop is gone.
 Status pipe (fd 4, to BeatCop):
     started PID | error TEXT | lease-expired TEXT
     contained PID...    everything is dead; these leftovers were killed
@@ -65,6 +77,7 @@ except ImportError:  # pragma: no cover - other Pythons
 
 CONTROL_FD = 3
 STATUS_FD = 4
+DIAGNOSTICS_FD = 5
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 SIGKILL = 9
@@ -258,6 +271,12 @@ class Guard:
         self.parentGone = False
         self.killRequested = False
         self.leftovers = set()
+        # Whether this run holds its node's lease (a guard started ahead
+        # does once told to go), whether containment left nothing alive,
+        # and the newest word on how to release the lease.
+        self.leased = False
+        self.contained = True
+        self.releaseMessage = None
         self._buffer = b""
 
     # -- messages ----------------------------------------------------------
@@ -289,12 +308,18 @@ class Guard:
         self._buffer += data
         *lines, self._buffer = self._buffer.split(b"\n")
         for line in lines:
-            self.handle(line.split())
+            self.handle(line)
 
-    def handle(self, words):
+    def handle(self, line):
+        kind, _, rest = line.strip().partition(b" ")
+        if kind == b"release":
+            # Kept as sent (JSON, spaces and all): read only if BeatCop dies
+            # (see releaseLease).
+            self.releaseMessage = rest
+            return
+        words = line.split()
         if not words:
             return
-        kind = words[0]
         try:
             if kind == b"deadline" and len(words) == 2:
                 self.deadline = float(words[1])
@@ -330,7 +355,7 @@ class Guard:
             stage = "start"
             try:
                 os.close(errorRead)
-                for fd in (CONTROL_FD, STATUS_FD):
+                for fd in (CONTROL_FD, STATUS_FD, DIAGNOSTICS_FD):
                     try:
                         os.close(fd)
                     except OSError:
@@ -429,6 +454,7 @@ class Guard:
             if not children and not populated:
                 break
             if time.monotonic() >= until:
+                self.contained = False
                 self.report(f"error processes of the command would not die: {children}")
                 break
             for pid in children:
@@ -477,6 +503,59 @@ class Guard:
         self.report(f"exited {code}")
         return code
 
+    # -- BeatCop died --------------------------------------------------------
+
+    def releaseLease(self):
+        """
+        BeatCop died holding the lease and the run is contained: release the
+        lease for it (see L{beatcop.guardrelease}), so that a standby need
+        not wait for it to expire.  Nothing when this guard holds no lease
+        (started ahead and never told to go), when something of the run
+        would not die, or when BeatCop never said how.
+        """
+        if not self.leased:
+            return
+        if not self.contained:
+            say("processes of the command would not die: leaving the lease to expire")
+            return
+        if self.releaseMessage is None:
+            say("BeatCop died before it said how to reach Redis: leaving the lease to expire")
+            return
+        try:
+            released = _releaseModule().releaseFromMessage(self.releaseMessage)
+        except Exception as e:  # whatever it is, the lease expires on its own
+            say(f"could not release the lease of the dead BeatCop ({e}); it expires on its own")
+            return
+        if released:
+            say("BeatCop died; the command and everything it started are dead; released its lease")
+        else:
+            say("BeatCop died; the command is dead; its lease was no longer its own (expired or taken)")
+
+
+def say(text):
+    """
+    One line on BeatCop's standard error (the journal, under a supervisor),
+    for what the guard does after BeatCop died.
+    """
+    try:
+        os.write(DIAGNOSTICS_FD, f"beatcop guard {os.getpid()}: {text}\n".encode("utf-8", "replace"))
+    except OSError:
+        pass
+
+
+def _releaseModule():
+    """
+    L{beatcop.guardrelease}, loaded from beside this file only when needed
+    (the guard runs isolated: its directory is not on sys.path).
+    """
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "guardrelease.py")
+    spec = importlib.util.spec_from_file_location("beatcop_guardrelease", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 def _drain(fd):
     try:
@@ -489,7 +568,8 @@ def _drain(fd):
 def _waitForGo(guard, control, wakeup):
     """
     A guard started ahead waits for C{go DEADLINE TOKEN} (the lease is won);
-    C{None} when BeatCop goes away first.  Deadlines sent meanwhile apply.
+    C{None} when BeatCop goes away first.  How to release the lease, sent
+    meanwhile, is kept.
     """
     buffered = b""
     while not guard.parentGone:
@@ -507,6 +587,8 @@ def _waitForGo(guard, control, wakeup):
         *lines, buffered = buffered.split(b"\n")
         for index, line in enumerate(lines):
             words = line.split()
+            if words and words[0] == b"release":
+                guard.handle(line)  # how to release the lease it may win
             if len(words) == 3 and words[0] == b"go":
                 guard._buffer = b"\n".join(lines[index + 1 :] + [buffered])
                 guard.deadline = float(words[1])
@@ -568,12 +650,16 @@ def main(argv):
         if token is None:
             return 0
         os.environ["BEATCOP_FENCING_TOKEN"] = token
+    # Started for a lease the node holds (or told to go: it just won one).
+    guard.leased = True
     # BeatCop keeps refreshing (and sending deadlines) while this process
     # starts, which may take long on a loaded host: go by the newest one.
     guard.feed(b"")
     while select.select([control], [], [], 0)[0] and not guard.parentGone:
         guard.readControl(control)
     if guard.parentGone:
+        # BeatCop died with the lease just won, the command not started.
+        guard.releaseLease()
         return 0
     # Nothing started, nothing to contain, from here to the command's start.
     if guard.killRequested:
@@ -592,7 +678,10 @@ def main(argv):
     if guard.stopSent:
         # Asked to stop while it was starting.
         guard.sendStop()
-    return guard.run(control, wakeup)
+    code = guard.run(control, wakeup)
+    if guard.parentGone or os.getppid() != parentPid:
+        guard.releaseLease()
+    return code
 
 
 if __name__ == "__main__":

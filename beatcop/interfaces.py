@@ -58,6 +58,13 @@ class IRedisClient(Interface):
         which the node checks again (L{beatcop.eviction}).
         """
 
+    def releaseRoute():
+        """
+        Where and how the server holding the lock is reached now (a
+        JSON-able dict with the credentials, for the lease guard's release
+        after BeatCop died: L{beatcop.guardrelease}), or C{None} if unknown.
+        """
+
     def close():
         """
         Close the connection politely.
@@ -122,11 +129,20 @@ class ILease(Interface):
         @return: a Deferred firing with a L{beatcop.lock.RefreshOutcome}.
         """
 
-    def release():
+    def release(cause="released", holderId=None):
         """
-        Delete the key if it is still ours, and announce it.
+        Delete the key if it is still ours (or C{holderId}'s: a holder
+        proven dead on this host), record why for the next holder
+        (C{cause}, one of L{beatcop.protocol.CAUSES}), and announce it.
 
-        @return: a Deferred firing with whether it was ours.
+        @return: a Deferred firing with whether it was ours (or its).
+        """
+
+    def releaseRequest(cause):
+        """
+        The release the lease guard sends should this node die holding the
+        lease: a dict with the script, its keys and its arguments (see
+        L{beatcop.guardrelease}).
         """
 
     def register():
@@ -138,18 +154,26 @@ class ILease(Interface):
 
     def leave():
         """
-        Remove this node from the node registry.
+        Remove this node from the node registry, announcing that it left
+        the line.
 
         @return: a Deferred.
         """
 
-    def forgetDeadNeighbours():
+    def forget(holderIds):
         """
-        Remove from the node registry the entries of this host's nodes whose
-        process is gone (a node killed and restarted under a new id), so
-        that they do not count in the standbys' ranks until they go stale.
+        Remove these nodes from the node registry (nodes proven dead, see
+        L{beatcop.neighbours}), announcing that they left the line, so that
+        the standbys behind them learn their new place at once.
 
         @return: a Deferred firing with how many were removed.
+        """
+
+    def neighbours():
+        """
+        Who holds the lock and every node of its registry, in one read.
+
+        @return: a Deferred firing with a L{beatcop.lock.Neighbours}.
         """
 
 
@@ -181,6 +205,12 @@ class IRun(Interface):
         Start the command.
 
         @return: C{started}.
+        """
+
+    def tellRelease(message):
+        """
+        Tell the guard how to release the lease should BeatCop die (JSON,
+        see L{beatcop.guardrelease}).
         """
 
     def extendDeadline(killBy):
@@ -242,6 +272,15 @@ class INodeObserver(Interface):
     def acquired(token):
         """
         The node took the lease with fencing token C{token}.
+        """
+
+    def tookOver(takeover):
+        """
+        Right after L{acquired}: how the lock had become free, a
+        L{beatcop.protocol.Takeover} (its C{cause}: released, handed over,
+        released by the dead holder's guard, reclaimed from a holder dead on
+        this host, expired, new).  Observers written before this event need
+        not have it.
         """
 
     def refreshed(latency):

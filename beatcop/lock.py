@@ -19,7 +19,9 @@ nodes can break it:
     placeholder (C{LOST_DATA}) that only the holder's reclaim replaces; one
     that never saw a token cannot tell lost data from a lock never used, so
     it is answered C{EMPTY} and may initialize the lock only after a lease;
-  - release: C{DEL} only if the key still holds our id.
+  - release: C{DEL} only if the key still holds our id (or, for a node
+    that proved the holder dead on its host, that holder's id), recording
+    why the lock is free for the next holder.
 
 The keys, the scripts and the node registry's format are
 L{beatcop.protocol}'s; this is the lease's Python side.
@@ -29,32 +31,38 @@ import enum
 import os
 import secrets
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from .containment import processAlive as _defaultProcessAlive
 from .errors import RedisProtocolError
 from .interfaces import ILease
 from .redisconn import replyText
 from .protocol import (
     ACQUIRE,
     EMPTY,
+    LEAVE,
     LOST_DATA,
     PAUSED,
     RECLAIM,
     REFRESH,
     REGISTER,
     RELEASE,
+    RELEASED,
+    STATUS,
     LockKeys,
     Script,
     Windows,
     clusterSlot,
     companionName,
+    decodeEntry,
+    decodeTakeover,
     encodeEntry,
     nodeArguments,
+    releaseArguments,
+    splitValue,
 )
 
 
@@ -81,6 +89,8 @@ class Attempt:
     @ivar holder: the holder's id.
     @ivar rank: when not acquired, how many live standbys are before this
         one in line (ordered by id), so that they try one after another.
+    @ivar takeover: when acquired, how the lock had become free (a
+        L{beatcop.protocol.Takeover}), if Redis said.
     """
 
     acquired: bool
@@ -88,6 +98,8 @@ class Attempt:
     pttl: int
     holder: str | None
     rank: int = 0
+    # Not part of an answer's equality: what it says of the lock's past.
+    takeover: object = field(default=None, compare=False)
 
 
 def newHolderId():
@@ -98,15 +110,19 @@ def newHolderId():
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(8)}"
 
 
-def _hostOf(holderId):
-    return holderId.rsplit(":", 2)[0] if holderId.count(":") >= 2 else None
+@dataclass(frozen=True)
+class Neighbours:
+    """
+    The lock and its line, as a starting node reads them.
 
+    @ivar holder: the holder's id (without an operator's request), or
+        C{None} when free.
+    @ivar entries: holder id -> L{beatcop.protocol.Entry}, every node of the
+        registry.
+    """
 
-def _pidOf(holderId):
-    try:
-        return int(holderId.rsplit(":", 2)[1])
-    except (IndexError, ValueError):
-        return None
+    holder: str | None
+    entries: dict
 
 
 def fencingKeyFor(lockName):
@@ -249,7 +265,12 @@ class RedisLock:
             acquired, token, pttl, holder, *more = reply
             if len(more) > 1:
                 raise ValueError(f"{len(reply)} elements")
-            attempt = Attempt(bool(int(acquired)), int(token), int(pttl), holder, int(more[0]) if more else 0)
+            acquired, token = bool(int(acquired)), int(token)
+            if acquired:
+                attempt = Attempt(True, token, int(pttl), holder,
+                                  takeover=decodeTakeover(more[0], token, holder) if more else None)
+            else:
+                attempt = Attempt(False, token, int(pttl), holder, int(more[0]) if more else 0)
         except (TypeError, ValueError) as e:
             raise RedisProtocolError(f"unexpected reply to the acquire script: {reply!r} ({e})")
         self.highestToken = max(self.highestToken, attempt.token)
@@ -281,19 +302,32 @@ class RedisLock:
 
         return self._run(REFRESH, register=register).addCallback(outcome)
 
-    def release(self):
+    def release(self, cause=RELEASED, holderId=None):
         """
         Delete the key if it is still ours, so that a standby can take over
         without waiting for the TTL, and announce it on L{releaseChannel}
         (unless notifications are off); paused by an operator, leave the
         pause in its place.
 
-        @return: a Deferred firing with C{True} if it was ours.
+        @param cause: why, for the next holder (a cause of
+            L{beatcop.protocol}).
+        @param holderId: release for this holder instead of ourselves: a
+            node that proved that holder dead on its host (see
+            L{beatcop.neighbours}).
+        @return: a Deferred firing with C{True} if it was ours (or its).
         """
-        d = RELEASE(
-            self.client, (self.lockName,), (self.holderId, self.releaseChannel or ""), self.useEvalSha
-        )
+        keys, args = releaseArguments(self.keys, holderId or self.holderId, self.releaseChannel, cause)
+        d = RELEASE(self.client, keys, args, self.useEvalSha)
         return d.addCallback(lambda deleted: bool(deleted))
+
+    def releaseRequest(self, cause):
+        """
+        What the guard sends to release this node's lease after it died
+        (L{beatcop.guardrelease}): the release script, whole (the guard
+        sends it by EVAL), with its keys and arguments.
+        """
+        keys, args = releaseArguments(self.keys, self.holderId, self.releaseChannel, cause)
+        return {"script": RELEASE.source, "keys": list(keys), "args": list(args)}
 
     def register(self):
         """
@@ -307,47 +341,56 @@ class RedisLock:
 
     def leave(self):
         """
-        Remove this node from the registry (a node that stops cleanly); a
-        node that dies is dropped by readers once its entry is stale.
+        Remove this node from the registry (a node that stops cleanly), and
+        say so to the standbys behind it; a node that dies is dropped by
+        readers once its entry is stale, or at once by a node of its host
+        that proves it dead (L{forget}).
 
         @return: a Deferred firing when done.
         """
-        return self.client.execute("HDEL", self.registryKey, self.holderId)
+        return self.forget([self.holderId])
 
-    @defer.inlineCallbacks
-    def forgetDeadNeighbours(self, processAlive=None):
+    def forget(self, holderIds):
         """
-        Remove the registry entries of this host's nodes whose process is
-        gone.  Entries are written on a change of state and at the
-        registry's cadence (minutes), so a node killed without leaving
-        would count in the standbys' ranks that long, and after a restart
-        of every node (a deploy, a supervisor) every live standby would
-        stand behind dead ones: the first in line would look one lease
-        late, and nobody would listen.  Only this host's processes can be
-        checked; another host's dead nodes go when their entries are stale.
+        Remove these nodes from the registry and announce that they left
+        the line.
 
-        @param processAlive: C{pid -> bool} (default: L{beatcop.containment.processAlive}:
-            a zombie is dead too).
         @return: a Deferred firing with how many entries were removed.
         """
-        alive = processAlive or _defaultProcessAlive
-        host = _hostOf(self.holderId)
-        entries = yield self.client.execute("HKEYS", self.registryKey)
-        dead = []
-        for field in entries or ():
-            field = str(replyText(field))
-            if field == self.holderId or _hostOf(field) != host:
-                continue
-            pid = _pidOf(field)
-            if pid is not None and not alive(pid):
-                dead.append(field)
-        if dead:
-            yield self.client.execute("HDEL", self.registryKey, *dead)
-        return len(dead)
+        if not holderIds:
+            return defer.succeed(0)
+        return LEAVE(
+            self.client, (self.registryKey,), (self.releaseChannel or "", *holderIds), self.useEvalSha
+        ).addCallback(int)
+
+    @defer.inlineCallbacks
+    def neighbours(self):
+        """
+        Who holds the lock and who is in its registry, in one read (for a
+        starting node, see L{beatcop.neighbours}).
+
+        @return: a Deferred firing with a L{Neighbours}.
+        """
+        keys = self.keys
+        reply = yield STATUS(
+            self.client, (keys.lock, keys.fence, keys.registry, keys.paused, keys.takeover), (), self.useEvalSha
+        )
+        try:
+            value, _, _, _, registry = reply[:5]
+        except (TypeError, ValueError):
+            raise RedisProtocolError(f"unexpected reply to the status script: {reply!r}")
+        holder, _ = splitValue(value)
+        fields = [str(replyText(item)) for item in registry or ()]
+        entries = {}
+        for nodeId, text in zip(fields[::2], fields[1::2]):
+            entry = decodeEntry(text)
+            if entry is not None:
+                entries[nodeId] = entry
+        return Neighbours(holder, entries)
 
 
 __all__ = [
-    "RedisLock", "Attempt", "RefreshOutcome", "newHolderId", "fencingKeyFor", "registryKeyFor", "pauseKeyFor",
+    "RedisLock", "Attempt", "Neighbours", "RefreshOutcome", "newHolderId", "fencingKeyFor", "registryKeyFor", "pauseKeyFor",
     "releaseChannelFor", "Script", "ACQUIRE", "RECLAIM", "REFRESH", "REGISTER", "RELEASE",
     "EMPTY", "LOST_DATA", "PAUSED",
 ]

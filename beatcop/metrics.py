@@ -58,6 +58,13 @@ class NodeMetrics(NodeObserver):
         self._childExits = Counter(
             "beatcop_child_exits", "times the command ended, by exit status", list(labels) + ["code"], registry=r
         )
+        self._takeovers = Counter(
+            "beatcop_takeovers",
+            "leases this node acquired, by how the lock had become free: released, handover, guard (released by"
+            " the dead holder's guard), reclaimed (from a holder dead on this host), expired, new",
+            list(labels) + ["cause"],
+            registry=r,
+        )
         self._labels = labels
         self.redisUp.set(0)
         node.addObserver(self)
@@ -70,6 +77,9 @@ class NodeMetrics(NodeObserver):
     def acquired(self, token):
         self.acquisitions.inc()
         self.token.set(token)
+
+    def tookOver(self, takeover):
+        self._takeovers.labels(cause=takeover.cause, **self._labels).inc()
 
     def refreshed(self, latency):
         self.refreshLatency.observe(max(0.0, latency))

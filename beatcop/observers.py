@@ -22,6 +22,9 @@ class NodeObserver:
     def acquired(self, token):
         pass
 
+    def tookOver(self, takeover):
+        pass
+
     def refreshed(self, latency):
         pass
 
@@ -60,8 +63,11 @@ class Observers:
 
     def tell(self, event, *args):
         for observer in list(self._observers):
+            method = getattr(observer, event, None)
+            if method is None:
+                continue  # an observer written before this event existed
             try:
-                getattr(observer, event)(*args)
+                method(*args)
             except Exception:
                 self.log.failure("Observer {observer!r} failed on {event}", observer=observer, event=event)
 

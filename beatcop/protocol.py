@@ -22,9 +22,19 @@ Keys (all in the lock's Redis Cluster hash slot, see L{companionName}):
   - C{{LOCK}:paused}: who paused, when and why (JSON), for C{beatcop status};
     the nodes read the pause in C{LOCK}, and this key only when the lock is
     free (a holder that died before it saw the pause leaves no placeholder);
+  - C{{LOCK}:takeover}: how the lock last changed hands, for the new
+    holder's log and C{beatcop status}: C{"freed <ms> <cause> <id>"} from a
+    release (by its holder, by its holder's guard after the holder died, or
+    by a node that proved the holder dead on its host) until the next
+    acquisition, which turns it into C{"taken <ms> <token> <id> <cause>
+    <previous id> <freed ms>"} (a lease that simply expired leaves a
+    C{taken} record behind, which is how the next acquisition knows); no
+    expiry, like the fencing counter;
   - channel C{{LOCK}:released}: a holder's id as it releases, C{resume} as an
     operator resumes, C{acquired:<token>} as a node acquires (the standbys
-    that listen learn the newest token without asking).
+    that listen learn the newest token without asking), C{left:<id>} as a
+    node leaves the line (stopped, or found dead by a node of its host), so
+    that the standbys behind it learn their new place at once.
 
 What a node costs Redis, at idle: the holder's refresh, one C{EVALSHA} that
 runs C{GET} and C{PEXPIRE}; a standby's check, one C{PTTL} when the lease
@@ -59,6 +69,21 @@ PAUSED_SUFFIX = "|paused"
 # Messages on the release channel besides a releasing holder's id.
 RESUME_MESSAGE = "resume"
 ACQUIRED_PREFIX = "acquired:"
+LEFT_PREFIX = "left:"
+
+# How a lock became free, in its takeover record (see the module docstring):
+# released by its holder (a clean stop, the command's own exit), handed over
+# (an operator's request, on_exit = handover), released by the holder's
+# guard after the holder died, reclaimed by a node that proved the holder
+# dead on its host; and, decided at acquisition, a lease that expired, and a
+# lock with no record (new, or its record lost with Redis's data).
+RELEASED = "released"
+HANDED_OVER = "handover"
+GUARD_RELEASED = "guard"
+RECLAIMED = "reclaimed"
+EXPIRED = "expired"
+NEW = "new"
+CAUSES = (RELEASED, HANDED_OVER, GUARD_RELEASED, RECLAIMED, EXPIRED, NEW)
 
 # The states a node's registry entry may say (NodeState values); ranks count
 # only STANDBY.
@@ -111,6 +136,7 @@ class LockKeys:
     registry: str
     paused: str
     released: str
+    takeover: str
 
     @classmethod
     def of(cls, lockName):
@@ -120,13 +146,14 @@ class LockKeys:
             registry=companionName(lockName, "nodes"),
             paused=companionName(lockName, "paused"),
             released=companionName(lockName, "released"),
+            takeover=companionName(lockName, "takeover"),
         )
 
     def forScripts(self):
         """
         The KEYS of the node's scripts, in their order.
         """
-        return (self.lock, self.fence, self.registry, self.paused)
+        return (self.lock, self.fence, self.registry, self.paused, self.takeover)
 
 
 # -- the registry ----------------------------------------------------------
@@ -251,7 +278,10 @@ def nodeArguments(holderId, ttl, token, entry, windows, initialize, channel=""):
             channel or "")
 
 
+# Redis's clock in ms.  Scripts that read it and then write replicate their
+# effects, not themselves (the default since Redis 5; asked for before).
 _NOW = """
+if redis.replicate_commands then redis.replicate_commands() end
 local now = nil
 local function clock()
   if not now then
@@ -266,7 +296,6 @@ end
 _REGISTER_FUNCTION = """
 local function register()
   if ARGV[4] == '' then return end
-  if redis.replicate_commands then redis.replicate_commands() end
   redis.call('HSET', KEYS[3], ARGV[1], clock() .. ' ' .. ARGV[4])
   redis.call('PEXPIRE', KEYS[3], ARGV[5])
 end
@@ -310,7 +339,7 @@ ACQUIRE = Script(
     "acquire",
     """
 -- KEYS[1] lock, KEYS[2] fencing counter, KEYS[3] registry, KEYS[4] pause
--- information; ARGV as in
+-- information, KEYS[5] takeover record; ARGV as in
 -- beatcop.protocol.nodeArguments, ARGV[3] the highest token this node has
 -- seen (0 if none): the counter never goes below it, so tokens keep growing
 -- even if Redis lost the counter.
@@ -376,7 +405,19 @@ end
 if ARGV[8] ~= '' then
   redis.call('PUBLISH', ARGV[8], 'acquired:' .. token)
 end
-return {1, token, tonumber(ARGV[2]), ARGV[1]}
+-- How the lock became free (the takeover record, see beatcop.protocol),
+-- returned to the new holder and kept for beatcop status.
+local record = redis.call('GET', KEYS[5]) or ''
+local cause, previous, freed = 'new', '-', '-'
+local kind, first, second, third = string.match(record, '^(%S+) (%S+) (%S+) (%S+)')
+if kind == 'freed' then
+  freed, cause, previous = first, second, third
+elseif kind == 'taken' then
+  cause, previous = 'expired', third
+end
+redis.call('SET', KEYS[5], 'taken ' .. clock() .. ' ' .. token .. ' ' .. ARGV[1] .. ' ' .. cause .. ' ' .. previous
+  .. ' ' .. freed)
+return {1, token, tonumber(ARGV[2]), ARGV[1], record}
 """,
 )
 
@@ -452,23 +493,57 @@ return 1
 RELEASE = Script(
     "release",
     """
--- KEYS[1] lock; ARGV[1] holder id, ARGV[2] the channel to tell standbys on
--- ('' for none).  Published in the same step as the DEL, so that a standby
--- that hears it can take the lock at once.  A holder paused by an operator
--- leaves the pause in its place (no expiry: until resumed).
-local value = redis.call('GET', KEYS[1])
+-- KEYS[1] lock, KEYS[2] takeover record; ARGV[1] holder id, ARGV[2] the
+-- channel to tell standbys on ('' for none), ARGV[3] why (a cause of
+-- beatcop.protocol: released, handover, guard, reclaimed).  Published in
+-- the same step as the DEL, so that a standby that hears it can take the
+-- lock at once.  A holder paused by an operator leaves the pause in its
+-- place (no expiry: until resumed).
+"""
+    + _NOW
+    + """local value = redis.call('GET', KEYS[1])
 if value == ARGV[1] .. '|paused' then
   redis.call('SET', KEYS[1], 'beatcop:paused')
   return 1
 end
 if value == ARGV[1] or value == ARGV[1] .. '|handover' then
   redis.call('DEL', KEYS[1])
+  redis.call('SET', KEYS[2], 'freed ' .. clock() .. ' ' .. ARGV[3] .. ' ' .. ARGV[1])
   if ARGV[2] ~= '' then
     redis.call('PUBLISH', ARGV[2], ARGV[1])
   end
   return 1
 end
 return 0
+""",
+)
+
+
+def releaseArguments(keys, holderId, channel, cause):
+    """
+    The KEYS and ARGV of L{RELEASE}: for the holder's own release, and for
+    the one its guard sends after the holder died (L{beatcop.guardrelease}).
+    """
+    return (keys.lock, keys.takeover), (holderId, channel or "", cause)
+
+
+LEAVE = Script(
+    "leave",
+    """
+-- KEYS[1] registry; ARGV[1] the channel ('' for none), ARGV[2...] the ids
+-- of nodes leaving the line (stopped, or proven dead).  Announced, so that
+-- the standbys behind them learn their new place now rather than at the
+-- registry's cadence.  The number of entries removed.
+local removed = 0
+for i = 2, #ARGV do
+  if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
+    removed = removed + 1
+    if ARGV[1] ~= '' then
+      redis.call('PUBLISH', ARGV[1], 'left:' .. ARGV[i])
+    end
+  end
+end
+return removed
 """,
 )
 
@@ -550,7 +625,8 @@ STATUS = Script(
     "status",
     """
 -- KEYS[1] lock, KEYS[2] fencing counter, KEYS[3] registry, KEYS[4] pause
--- information: one round trip, one consistent picture (beatcop status).
+-- information, KEYS[5] takeover record: one round trip, one consistent
+-- picture (beatcop status, and a starting node's look at its neighbours).
 """
     + _NOW
     + """
@@ -561,9 +637,76 @@ return {
   redis.call('GET', KEYS[4]) or false,
   redis.call('HGETALL', KEYS[3]),
   clock(),
+  redis.call('GET', KEYS[5]) or false,
 }
 """,
 )
+
+
+@dataclass(frozen=True)
+class Takeover:
+    """
+    How the lock last changed hands (a takeover record, read).
+
+    @ivar cause: one of L{CAUSES}.
+    @ivar previous: the id of the holder before, or C{None} if unknown.
+    @ivar freedAt: when it was released (ms, Redis's clock), or C{None}.
+    @ivar takenAt: when it was acquired (ms, Redis's clock), or C{None}
+        while it is free.
+    @ivar token: the new holder's token, once taken.
+    @ivar holder: the new holder's id, once taken.
+    """
+
+    cause: str
+    previous: str | None = None
+    freedAt: int | None = None
+    takenAt: int | None = None
+    token: int | None = None
+    holder: str | None = None
+
+    def describe(self):
+        """
+        How the lock became free, in words, for the new holder's log line
+        and C{beatcop status}.
+        """
+        previous = self.previous or "?"
+        return {
+            RELEASED: f"released by {previous}",
+            HANDED_OVER: f"handed over by {previous}",
+            GUARD_RELEASED: f"released by the guard of {previous} after it died",
+            RECLAIMED: f"reclaimed from {previous}, dead on its host",
+            EXPIRED: f"the lease of {previous} expired",
+            NEW: "the lock was free",
+        }.get(self.cause, f"{self.cause} ({previous})")
+
+
+def decodeTakeover(record, token=None, holder=None):
+    """
+    A takeover record (see the module docstring) as a L{Takeover}; C{None}
+    for no record.  A C{freed} record read at an acquisition (C{token} and
+    C{holder} given) describes that acquisition.
+    """
+    words = str(replyText(record) or "").split()
+
+    def number(text):
+        return None if text in (None, "-") else int(text)
+
+    def name(text):
+        return None if text in (None, "-") else text
+
+    try:
+        if len(words) == 4 and words[0] == "freed":
+            return Takeover(words[2], name(words[3]), number(words[1]), None, token, holder)
+        if len(words) == 7 and words[0] == "taken":
+            if token is not None:
+                # Read by the next acquisition: the lease ended unreleased.
+                return Takeover(EXPIRED, words[3], None, None, token, holder)
+            return Takeover(words[4], name(words[5]), number(words[6]), int(words[1]), int(words[2]), words[3])
+    except ValueError:
+        return None
+    if token is not None:
+        return Takeover(NEW, None, None, None, token, holder)
+    return None
 
 
 def splitValue(value):
@@ -581,7 +724,8 @@ def splitValue(value):
 
 __all__ = [
     "LOST_DATA", "PAUSED", "EMPTY", "STANDBY", "HANDOVER_SUFFIX", "PAUSED_SUFFIX", "RESUME_MESSAGE",
-    "ACQUIRED_PREFIX", "clusterSlot", "companionName", "LockKeys", "Windows", "encodeEntry", "decodeEntry",
-    "Entry", "Script", "nodeArguments", "splitValue", "ACQUIRE", "RECLAIM", "REFRESH", "REGISTER", "RELEASE",
-    "PAUSE", "RESUME", "HANDOVER", "STATUS",
+    "ACQUIRED_PREFIX", "LEFT_PREFIX", "clusterSlot", "companionName", "LockKeys", "Windows", "encodeEntry",
+    "decodeEntry", "Entry", "Script", "nodeArguments", "splitValue", "ACQUIRE", "RECLAIM", "REFRESH", "REGISTER",
+    "RELEASE", "releaseArguments", "LEAVE", "PAUSE", "RESUME", "HANDOVER", "STATUS", "Takeover", "decodeTakeover",
+    "RELEASED", "HANDED_OVER", "GUARD_RELEASED", "RECLAIMED", "EXPIRED", "NEW", "CAUSES",
 ]

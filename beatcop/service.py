@@ -19,6 +19,7 @@ The node decides, in each state, what an event means; the pieces carry it
 out.
 """
 
+import json
 import os
 import random
 import socket
@@ -34,11 +35,13 @@ from .containment import detectContainment
 from .errors import EX_OK, EX_SOFTWARE, EX_UNAVAILABLE, BeatCopError, EvictionRisk, NodeFinished, RedisUnreachable
 from .interfaces import INode
 from .lease import LeaseDeadline
+from .identity import Proc
 from .lock import EMPTY, RedisLock, RefreshOutcome
+from .neighbours import settleDeadNeighbours
 from .notify import ReleaseListener
 from .observers import NodeObserver, Observers
 from .cadence import RegistryCadence
-from .protocol import Windows
+from .protocol import GUARD_RELEASED, HANDED_OVER, RELEASED, Windows
 from .states import ANNOUNCED, HOLDING, TRANSITIONS, NodeState
 from .eviction import checkEviction
 from .startup import checkRedis, prepareClient
@@ -69,7 +72,8 @@ class BeatCopService(service.Service):
     log = Logger()
 
     def __init__(self, config, reactor=None, client=None, lock=None, monotonic=time.monotonic,
-                 randomSource=None, childFactory=None, listenerFactory=None, containment=None):
+                 randomSource=None, childFactory=None, listenerFactory=None, containment=None,
+                 identity=None):
         """
         @param config: a L{beatcop.config.Config}.
         @param reactor: provides process spawning and time; the global
@@ -87,6 +91,9 @@ class BeatCopService(service.Service):
             L{ReleaseListener}.
         @param containment: a L{beatcop.containment.Containment}; detected
             from the configuration at start-up if C{None}.
+        @param identity: this process's L{beatcop.identity.ProcessIdentity},
+            which lets a node of this host prove it dead (default: read from
+            /proc; tests inject one).
         """
         if reactor is None:
             from twisted.internet import reactor
@@ -97,6 +104,7 @@ class BeatCopService(service.Service):
         self._monotonic = monotonic
         self._random = randomSource or random.Random()
         self.containment = containment
+        self.identity = identity if identity is not None else Proc().current()
         self.client = client if client is not None else prepareClient(reactor, config)
         self.lock = lock if lock is not None else self._makeLock()
         self._listenerFactory = listenerFactory or ReleaseListener
@@ -246,6 +254,10 @@ class BeatCopService(service.Service):
             "since": self._holdingSince if holding else None,
             "command_pid": self.supervisor.commandPid,
             "containment": self.containment.mode.value if self.containment is not None else None,
+            "cgroup_parent": self.containment.parent if self.containment is not None else None,
+            # What lets a node of this host prove this one dead (see
+            # beatcop.neighbours).
+            "identity": self.identity.encode() if self.identity is not None else None,
             "version": __version__,
         }
 
@@ -340,7 +352,9 @@ class BeatCopService(service.Service):
         config = self.config
         if self.containment is None:
             try:
-                self.containment = detectContainment(config.containment, config.cgroupParent, config.source)
+                self.containment = detectContainment(
+                    config.containment, config.cgroupParent, config.source, identity=self.identity
+                )
             except BeatCopError as e:
                 self.log.error("{error}", error=str(e))
                 self._finish(e.exitCode, "containment unavailable")
@@ -374,14 +388,17 @@ class BeatCopService(service.Service):
             lock=self.lock.lockName,
         )
         try:
-            forgotten = yield self.lock.forgetDeadNeighbours()
-        except BeatCopError:
-            forgotten = 0  # best effort: they go stale
-        if forgotten:
-            self.log.info("Removed {count} dead node(s) of this host from the registry", count=forgotten)
+            settled = yield settleDeadNeighbours(self.lock, self.identity)
+        except BeatCopError as e:
+            # Best effort: a dead holder's lease expires, dead entries go stale.
+            self.log.warn("Could not look for this host's dead nodes: {error}", error=str(e))
+        else:
+            if settled.forgotten:
+                self.log.info("Removed {count} dead node(s) of this host from the registry", count=settled.forgotten)
         if self.state is not NodeState.CONNECTING:
             return
         self.client.notifyOnConnect(self._reconnected)
+        self._tellGuardsHowToRelease()
         self._moveTo(NodeState.STANDBY)
         if self.config.notify and self.lock.releaseChannel is not None:
             self.standby.startListener(self._listenerFactory(
@@ -414,8 +431,22 @@ class BeatCopService(service.Service):
             self.standby.heldBy(attempt)
 
     def _acquired(self, attempt, sentAt):
-        self.log.info("Acquired lock {lock} with fencing token {token}", lock=self.lock.lockName, token=attempt.token)
+        takeover = attempt.takeover
+        if takeover is None:
+            self.log.info("Acquired lock {lock} with fencing token {token}", lock=self.lock.lockName,
+                          token=attempt.token)
+        else:
+            self.log.info(
+                "Acquired lock {lock} with fencing token {token} ({how})",
+                lock=self.lock.lockName,
+                token=attempt.token,
+                how=takeover.describe(),
+                cause=takeover.cause,
+                previous=takeover.previous,
+            )
         self._tell("acquired", attempt.token)
+        if takeover is not None:
+            self._tell("tookOver", takeover)
         self._moveTo(NodeState.STARTING)
         self._holdingSince = time.time()
         self.deadline.proven(sentAt)
@@ -445,7 +476,20 @@ class BeatCopService(service.Service):
             self._tell("redisAvailable", True)
 
     def _reconnected(self):
+        self._tellGuardsHowToRelease()
         self._track(self._recheckEviction())
+
+    def _tellGuardsHowToRelease(self):
+        """
+        Keep the lease guards told where the lock's Redis is reached now (a
+        new connection may reach another server: a Sentinel failover, a
+        Cluster slot that moved), so that a guard whose BeatCop died can
+        release the lease at once (see L{beatcop.guardrelease}).
+        """
+        route = self.client.releaseRoute()
+        if route is not None:
+            route.update(self.lock.releaseRequest(GUARD_RELEASED))
+            self.supervisor.tellRelease(json.dumps(route))
 
     @defer.inlineCallbacks
     def _recheckEviction(self):
@@ -670,7 +714,7 @@ class BeatCopService(service.Service):
     def _release(self, handover=False):
         self.supervisor.cancelRestart()
         self._moveTo(NodeState.RELEASING)
-        d = self.lock.release()
+        d = self.lock.release(HANDED_OVER if handover else RELEASED)
         d.addCallbacks(self._released, self._releaseFailed)
         d.addCallback(lambda _: self._afterRelease(handover))
         self._track(d)

@@ -36,7 +36,7 @@ import enum
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from .protocol import ACQUIRED_PREFIX, LOST_DATA
+from .protocol import ACQUIRED_PREFIX, LEFT_PREFIX, LOST_DATA
 from .protocol import PAUSED as PAUSED_HOLDER
 from .redisconn import replyText
 
@@ -363,11 +363,17 @@ class StandbyLoop:
         An announcement on the lock's channel: a node acquired with a token
         (C{acquired:N}: the floor of this node's tokens; the new holder may
         have been ahead in line, so an attempt in this node's turn learns
-        its new place), or the holder released, or an operator resumed, or
-        the listener may have missed one (C{None}): try at once, in this
-        node's turn.
+        its new place), a node left the line (C{left:ID}: stopped, or found
+        dead by a node of its host; this node may be first now, and must
+        know it before the holder's lease can expire), or the holder
+        released, or an operator resumed, or the listener may have missed
+        one (C{None}): try at once, in this node's turn.
         """
         message = replyText(message)
+        if message is not None and message.startswith(LEFT_PREFIX):
+            if self._mayAttempt() and not self.inFlight:
+                self.schedule(afterRelease(self.rank, self._timing, self._jitter()), Look.ATTEMPT)
+            return
         if message is not None and message.startswith(ACQUIRED_PREFIX):
             try:
                 self._lease.sawToken(int(message[len(ACQUIRED_PREFIX):]))

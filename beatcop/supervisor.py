@@ -69,6 +69,8 @@ class CommandSupervisor:
         self.startedAt = None
         # The guard started ahead while standing by, or None.
         self._armed = None
+        # How a guard releases the lease should BeatCop die (JSON), newest.
+        self._releaseMessage = None
         self._restartDelay = self._timing.restartDelay
         self._restartCall = None
 
@@ -104,6 +106,7 @@ class CommandSupervisor:
             return
         run = self._armed = self._makeRun(0.0)
         run.arm()
+        self._tellRelease(run)
         self._track(run.ended.addCallback(self._armedEnded, run))
 
     def _armedEnded(self, result, run):
@@ -149,6 +152,8 @@ class CommandSupervisor:
         self.run = run
         self.startedAt = self._monotonic()
         started = run.start()
+        if run is not armed:
+            self._tellRelease(run)
         started.addCallbacks(self._started, self._startFailed, callbackArgs=(run,), errbackArgs=(run,))
         self._track(started)
         self._track(run.ended.addCallback(self._ended, run))
@@ -169,6 +174,21 @@ class CommandSupervisor:
             return
         self.run = None
         self._onEnded(result, run.commandPid is None)
+
+    def tellRelease(self, message):
+        """
+        How a guard releases the lease should BeatCop die (the JSON that
+        L{beatcop.guardrelease} reads): where the lock's Redis is reached
+        now.  Kept for the guards to come, and told to those alive, as it
+        changes (a Sentinel failover, a Cluster slot that moved).
+        """
+        self._releaseMessage = message
+        for run in {self.run, self._armed} - {None}:
+            self._tellRelease(run)
+
+    def _tellRelease(self, run):
+        if self._releaseMessage is not None:
+            run.tellRelease(self._releaseMessage)
 
     def extendDeadline(self, killBy):
         if self.run is not None:

@@ -185,6 +185,52 @@ class RedisClient(ClusterRouting, SentinelDiscovery):
     def notifyOnConnect(self, callback):
         self._onConnect.append(callback)
 
+    def releaseRoute(self):
+        """
+        Where and how the server that holds the lock is reached now (the
+        Sentinel master or the Cluster node this client last reached), for
+        the lease guard's release should BeatCop die: see
+        L{beatcop.guardrelease}.  Holds the password: for the guard's
+        control pipe only.
+
+        @return: a JSON-able dict, or C{None} when it is not known (an
+            endpoint given by a test, a master not found yet).
+        """
+        config = self._config
+        if self._unixSocket is not None:
+            where = {"unix": self._unixSocket}
+        elif self._givenEndpoint is not None:
+            return None
+        elif self._sentinels:
+            if self._master is None:
+                return None
+            where = {"host": self._master[0], "port": self._master[1]}
+        elif self._clusterNodes:
+            host, port = self._node or self._clusterNodes[0]
+            where = {"host": host, "port": port}
+        elif config.unixSocket:
+            where = {"unix": config.unixSocket}
+        else:
+            where = {"host": config.host, "port": config.port}
+        tls = None
+        if config.tls and "unix" not in where:
+            tls = {
+                "ca": config.tlsCaFile and os.path.abspath(config.tlsCaFile),
+                "cert": config.tlsCertFile and os.path.abspath(config.tlsCertFile),
+                "key": config.tlsKeyFile and os.path.abspath(config.tlsKeyFile),
+                "server_name": config.tlsServerName,
+                "verify": config.tlsVerify,
+            }
+        return {
+            "where": where,
+            "tls": tls,
+            "username": config.username,
+            "password": config.password,
+            "database": 0 if self._clusterNodes else config.database,
+            "connect_timeout": config.connectTimeout / 1000.0,
+            "reply_timeout": config.replyTimeout / 1000.0,
+        }
+
     def _adopt(self, proto):
         self._connection = proto
         for callback in self._onConnect:

@@ -14,7 +14,7 @@ from ..child import ChildExit
 from ..config import RedisTiming
 from ..errors import ChildStartError
 from ..interfaces import ILease, IRedisClient, IReleaseListener, IRun
-from ..lock import Attempt
+from ..lock import Attempt, Neighbours
 
 LOCK_NAME = "beatcop-test"
 HOLDER = "here:1:aaaa"
@@ -71,6 +71,11 @@ class FakeRedisClient:
     def disconnect(self):
         self.connected = False
 
+    route = None  # what releaseRoute says (a test may set one)
+
+    def releaseRoute(self):
+        return self.route
+
     def close(self):
         self.closed += 1
         self.connected = False
@@ -100,6 +105,9 @@ class FakeLease:
         self.initialize = []
         self.registered = []
         self.autoRefresh = None
+        self.releases = []  # [(cause, holderId)] of every release
+        self.forgotten = []  # the ids of every forget
+        self.neighbourhood = Neighbours(None, {})  # what neighbours() says
 
     def _call(self, method):
         d = defer.Deferred()
@@ -129,8 +137,12 @@ class FakeLease:
             d.callback(self.autoRefresh)
         return d
 
-    def release(self):
+    def release(self, cause="released", holderId=None):
+        self.releases.append((cause, holderId))
         return self._call("release")
+
+    def releaseRequest(self, cause):
+        return {"script": "release", "keys": [self.lockName], "args": [self.holderId, "", cause]}
 
     def register(self):
         self.registered.append(("register", self.clock.seconds()))
@@ -141,9 +153,13 @@ class FakeLease:
         self.calls.append(("leave", self.clock.seconds(), None))
         return defer.succeed(None)
 
-    def forgetDeadNeighbours(self):
-        self.forgotten = getattr(self, "forgotten", 0) + 1
-        return defer.succeed(0)
+    def forget(self, holderIds):
+        self.forgotten.extend(holderIds)
+        return defer.succeed(len(holderIds))
+
+    def neighbours(self):
+        self.calls.append(("neighbours", self.clock.seconds(), None))
+        return defer.succeed(self.neighbourhood)
 
     def sent(self, method):
         """
@@ -199,6 +215,7 @@ class FakeRun:
         self.stops = []  # [(reactor time, grace)]
         self.kills = []  # [reactor time]
         self.signals = []  # [(reactor time, signal)]
+        self.releaseMessages = []  # how the guard would release, as told
         self.armed = False
         self.armedAt = None
         self.startedAt = None
@@ -220,6 +237,9 @@ class FakeRun:
         self.armed = False
         self.startedAt = self.clock.seconds()
         return self.started
+
+    def tellRelease(self, message):
+        self.releaseMessages.append(message)
 
     def extendDeadline(self, killBy):
         self.killBy = killBy

@@ -24,8 +24,10 @@ from zope.interface import implementer
 
 from ..config import Config, RedisConfig
 from ..interfaces import ILease, IReleaseListener
-from ..lock import Attempt, RefreshOutcome, newHolderId
-from ..protocol import ACQUIRED_PREFIX, EMPTY, PAUSED, RESUME_MESSAGE, LockKeys, Windows
+from ..lock import Attempt, Neighbours, RefreshOutcome, newHolderId
+from ..protocol import (
+    ACQUIRED_PREFIX, EMPTY, EXPIRED, LEFT_PREFIX, NEW, PAUSED, RELEASED, RESUME_MESSAGE, LockKeys, Takeover, Windows,
+)
 from ..redisconn.errors import RedisTimeout
 from .fakes import FakeRedisClient, FakeRun
 
@@ -38,6 +40,9 @@ class _LockState:
     paused: bool = False
     handoverFor: str = None
     standbys: dict = field(default_factory=dict)  # holder id -> last registered attempt (clock seconds)
+    # How it last changed hands: (cause, holder id) of the last release, or
+    # of the last acquisition until released.
+    record: tuple = None
 
 
 class MemoryLockStore:
@@ -189,9 +194,15 @@ class MemoryLease:
                 state.fence = max(state.fence or 0, self.highestToken) + 1
             state.holder = self.holderId
             state.expiresAt = self._now() + self.ttl / 1000.0
+            takeover = None
+            if fresh:
+                kind, cause, previous = state.record or ("taken", NEW, None)
+                takeover = Takeover(cause if kind == "freed" else (EXPIRED if previous else NEW), previous,
+                                    token=state.fence, holder=self.holderId)
+                state.record = ("taken", None, self.holderId)
             if fresh and self.releaseChannel is not None:
                 self.store.publish(self.releaseChannel, f"{ACQUIRED_PREFIX}{state.fence}")
-            return self._answer(Attempt(True, state.fence, self.ttl, self.holderId))
+            return self._answer(Attempt(True, state.fence, self.ttl, self.holderId, takeover=takeover))
         return self._answer(Attempt(False, state.fence or 0, self._pttl(state), state.holder, self._rank(state)))
 
     def check(self):
@@ -234,28 +245,41 @@ class MemoryLease:
             return defer.succeed(RefreshOutcome.HANDOVER)
         return defer.succeed(RefreshOutcome.REFRESHED)
 
-    def release(self):
+    def release(self, cause=RELEASED, holderId=None):
         failure = self._unreachable()
         if failure is not None:
             return failure
+        holderId = holderId or self.holderId
         state = self.store._state(self.lockName)
-        if state.holder != self.holderId:
+        if state.holder != holderId:
             return defer.succeed(False)
         state.holder = state.expiresAt = None
+        state.record = ("freed", cause, holderId)
         if self.releaseChannel is not None:
-            self.store.publish(self.releaseChannel, self.holderId)
+            self.store.publish(self.releaseChannel, holderId)
         return defer.succeed(True)
+
+    def releaseRequest(self, cause):
+        return {"script": "release", "keys": [self.lockName], "args": [self.holderId, "", cause]}
 
     def register(self):
         return defer.succeed(None)
 
     def leave(self):
-        self.store._state(self.lockName).standbys.pop(self.holderId, None)
-        return defer.succeed(None)
+        return self.forget([self.holderId]).addCallback(lambda _: None)
 
-    def forgetDeadNeighbours(self):
-        # One process: every node of the store is alive or has left.
-        return defer.succeed(0)
+    def forget(self, holderIds):
+        standbys = self.store._state(self.lockName).standbys
+        removed = [holderId for holderId in holderIds if standbys.pop(holderId, None) is not None]
+        if self.releaseChannel is not None:
+            for holderId in removed:
+                self.store.publish(self.releaseChannel, f"{LEFT_PREFIX}{holderId}")
+        return defer.succeed(len(removed))
+
+    def neighbours(self):
+        # One process: every node of the store is alive or has left, and
+        # none has an identity to judge.
+        return defer.succeed(Neighbours(self.store._state(self.lockName).holder, {}))
 
 
 @implementer(IReleaseListener)

@@ -14,6 +14,8 @@ import time
 
 from twisted.trial.unittest import TestCase
 
+from beatcop.testing.processes import waitUntil
+from beatcop.identity import INITIAL_PID_NAMESPACE, Proc
 from beatcop import guard
 from beatcop.containment import (
     Containment,
@@ -117,8 +119,10 @@ class DetectionTests(TestCase):
         first, second = containment.newRunCgroup(), containment.newRunCgroup()
         self.assertNotEqual(first, second)
         self.assertEqual(os.path.dirname(first), containment.parent)
-        self.assertTrue(os.path.basename(first).startswith(f"beatcop-{os.getpid()}-"))
-        # the probe left nothing behind
+        me = Proc().current()
+        # named for who made it, so that a node of this host can prove its
+        # maker dead (see beatcop.identity), across pid namespaces too
+        self.assertTrue(os.path.basename(first).startswith(f"beatcop-{me.pidNamespace}-{me.pid}-{me.start}-"))
         # the probe left nothing behind (other processes may be probing now)
         self.assertNotIn(f"beatcop-probe-{os.getpid()}", os.listdir(containment.parent))
 
@@ -149,6 +153,21 @@ class SweepTests(TestCase):
 
     def test_aDeadBeatCopsRunIsKilledAndRemoved(self):
         dead = subprocess.Popen(["true"])
+        me = Proc().current()
+        start = Proc().stat(dead.pid)[1]
+        dead.wait()
+        path = os.path.join(self.containment.parent, f"beatcop-{me.pidNamespace}-{dead.pid}-{start}-1")
+        process = self.runIn(path)
+        swept = self.containment.sweep()
+        self.assertIn(path, [p for p, _ in swept])
+        self.assertEqual(process.wait(5), -signal.SIGKILL)
+        self.assertFalse(os.path.exists(path))
+
+    def test_aDeadOlderBeatCopsRunIsKilledAndRemoved(self):
+        """
+        Named by a BeatCop before 2.1: by its pid alone.
+        """
+        dead = subprocess.Popen(["true"])
         dead.wait()
         path = os.path.join(self.containment.parent, f"beatcop-{dead.pid}-1")
         process = self.runIn(path)
@@ -157,17 +176,38 @@ class SweepTests(TestCase):
         self.assertEqual(process.wait(5), -signal.SIGKILL)
         self.assertFalse(os.path.exists(path))
 
-    def test_aDeadBeatCopsProbeIsRemoved(self):
-        dead = subprocess.Popen(["true"])
-        dead.wait()
-        probe = os.path.join(self.containment.parent, f"beatcop-probe-{dead.pid}")
-        os.mkdir(probe)
-        self.addCleanup(lambda: os.path.isdir(probe) and os.rmdir(probe))
-        self.containment.sweep()
-        self.assertFalse(os.path.exists(probe))
+    def test_aRunOfARecycledPidIsTheDeadOnes(self):
+        """
+        The pid lives again, as another process: its start time tells.
+        """
+        me = Proc().current()
+        path = os.path.join(self.containment.parent, f"beatcop-{me.pidNamespace}-{me.pid}-{me.start - 1}-1")
+        process = self.runIn(path)
+        self.assertIn(path, [p for p, _ in self.containment.sweep()])
+        self.assertEqual(process.wait(5), -signal.SIGKILL)
+
+    def test_aRunOfABeatCopAliveInAnotherPidNamespaceIsLeftAlone(self):
+        """
+        A BeatCop in a container (a pid namespace of its own: pid 1 there)
+        sharing our cgroup parent: its pid is nobody here, but it lives, and
+        its runs are left alone.
+        """
+        unshare = shutil.which("unshare")
+        if unshare is None or os.geteuid() != 0 or Proc().current().pidNamespace != INITIAL_PID_NAMESPACE:
+            raise self.skipTest("needs unshare(1), root and the initial pid namespace")
+        contained = subprocess.Popen([unshare, "--pid", "--kill-child", "sleep", "60"])
+        self.addCleanup(lambda: (contained.kill(), contained.wait()))
+        inner = waitUntil(lambda: [int(pid) for pid in open(f"/proc/{contained.pid}/task/{contained.pid}/children").read().split()],
+                          5, what="the contained process")[0]
+        proc = Proc()
+        path = os.path.join(self.containment.parent, f"beatcop-{proc.namespace(inner)}-1-{proc.stat(inner)[1]}-1")
+        process = self.runIn(path)
+        self.assertNotIn(path, [p for p, _ in self.containment.sweep()])
+        self.assertIsNone(process.poll())
 
     def test_aLiveBeatCopsRunIsLeftAlone(self):
-        path = os.path.join(self.containment.parent, f"beatcop-{os.getpid()}-999")
+        me = Proc().current()
+        path = os.path.join(self.containment.parent, f"beatcop-{me.pidNamespace}-{me.pid}-{me.start}-999")
         process = self.runIn(path)
         self.assertNotIn(path, [p for p, _ in self.containment.sweep()])
         self.assertIsNone(process.poll())

@@ -19,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from beatcop.config import RedisConfig
 from beatcop.errors import RedisProtocolError
+from beatcop.protocol import LockKeys
 from beatcop.lock import (
     ACQUIRE,
     EMPTY,
@@ -177,16 +178,20 @@ class AcquireTests(RealRedisMixin, TestCase):
     def test_acquireFreeKey(self):
         """
         On a free key, C{acquire} sets it to the holder id with the TTL as
-        its expiry (SET NX PX) and takes fencing token 1.
+        its expiry (SET NX PX) and takes fencing token 1; the takeover
+        record says how (a new lock).
         """
         lock = self.makeLock(holderId="node-a:1:0011223344556677")
         attempt = yield lock.acquire(initialize=True)
         self.assertEqual(attempt, Attempt(acquired=True, token=1, pttl=TTL, holder="node-a:1:0011223344556677"))
+        self.assertEqual(attempt.takeover.cause, "new")
         self.assertEqual(self.redis.get(LOCK), "node-a:1:0011223344556677")
         self.assertPttlNear(LOCK, TTL)
         self.assertEqual(self.redis.get(fencingKeyFor(LOCK)), "1")
         self.assertEqual(self.redis.type(LOCK), "string")
-        self.assertEqual(sorted(self.redis.keys("*")), sorted([LOCK, fencingKeyFor(LOCK)]))
+        takeover = LockKeys.of(LOCK).takeover
+        self.assertEqual(sorted(self.redis.keys("*")), sorted([LOCK, fencingKeyFor(LOCK), takeover]))
+        self.assertEqual(self.redis.get(takeover).split()[2:], ["1", "node-a:1:0011223344556677", "new", "-", "-"])
         self.assertEqual((lock.token, lock.highestToken), (1, 1))
 
     @defer.inlineCallbacks
@@ -811,7 +816,7 @@ class UnexpectedReplyTests(SynchronousTestCase):
         self.assertEqual(shaArgs[1:], evalArgs[1:])
         self.assertEqual(
             evalArgs[1:],
-            [4, LOCK, fencingKeyFor(LOCK), "{%s}:nodes" % LOCK, "{%s}:paused" % LOCK,
+            [5, LOCK, fencingKeyFor(LOCK), "{%s}:nodes" % LOCK, "{%s}:paused" % LOCK, "{%s}:takeover" % LOCK,
              "h", 1000, 0, "", 240000, "0", 65000, "{%s}:released" % LOCK],
         )
 

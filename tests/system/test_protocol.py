@@ -269,36 +269,3 @@ class ContractTests(TestCase):
         self.assertIn("leaver", self.redis.hkeys(self.keys.registry))
         yield standby.leave()
         self.assertNotIn("leaver", self.redis.hkeys(self.keys.registry) or [])
-
-
-class ForgetDeadNeighboursTests(TestCase):
-    """
-    A node starting removes the registry entries of this host's nodes whose
-    process is gone, and nothing else.
-    """
-
-    def setUp(self):
-        self.server = startRedis(self)
-        self.redis = self.server.client()
-        self.client = RedisClient(reactor, RedisConfig(host="127.0.0.1", port=self.server.port))
-        self.addCleanup(self.client.close)
-
-    @defer.inlineCallbacks
-    def test_onlyThisHostsDeadNodesAreForgotten(self):
-        import os
-        import socket
-
-        host = socket.gethostname()
-        registry = LockKeys.of(LOCK).registry
-        entry = "1 standby {}"
-        self.redis.hset(registry, mapping={
-            f"{host}:{os.getpid()}:aaaa": entry,  # alive (this test)
-            f"{host}:999999999:bbbb": entry,  # no such process
-            "elsewhere:999999999:cccc": entry,  # another host: cannot tell
-            "not-an-id": entry,
-        })
-        lock = RedisLock(self.client, LOCK, TTL, holderId=f"{host}:1:me")
-        removed = yield lock.forgetDeadNeighbours()
-        self.assertEqual(removed, 1)
-        self.assertEqual(sorted(self.redis.hkeys(registry)),
-                         sorted([f"{host}:{os.getpid()}:aaaa", "elsewhere:999999999:cccc", "not-an-id"]))

@@ -15,10 +15,12 @@ is C{s + 4.9}.
 """
 
 import dataclasses
+import json
 import os
 import signal
 
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from beatcop.child import ChildExit
@@ -35,6 +37,8 @@ from beatcop.errors import (
     RedisUnreachable,
 )
 from beatcop.lock import Attempt, RefreshOutcome
+from beatcop.observers import NodeObserver
+from beatcop.protocol import Takeover
 from beatcop.redisconn import RedisTimeout
 
 from beatcop.testing.fakes import FakeLease, FakeListener, FakeRedisClient, FakeRun
@@ -219,9 +223,9 @@ class StartUpTests(ServiceTestCase):
     def test_startUpAsksInfoServerThenTriesAtOnce(self):
         self.startNode(startAt=12.5)
         self.assertEqual(self.client.commands, [("INFO",)])
-        # this host's dead nodes out of the registry first, so that the
-        # first attempt's rank does not count them
-        self.assertEqual(self.lock.forgotten, 1)
+        # this host's dead nodes looked for first (see beatcop.neighbours),
+        # so that the first attempt's rank does not count them
+        self.assertEqual([call[0] for call in self.lock.calls][:2], ["neighbours", "acquire"])
         self.assertEqual(self.node.state, NodeState.STANDBY)
         self.assertTimes(self.lock.sent("acquire"), [12.5])
 
@@ -554,6 +558,27 @@ class StandbyTests(ServiceTestCase):
         self.assertEqual([method for method, _ in self.lock.registered], ["acquire"])
         self.lock.answer("acquire", Attempt(False, 12, 4000, OTHER, rank=1))
         self.assertEqual(self.node.standby.rank, 1)
+
+    def test_aNodeLeavingTheLineMakesTheListenersLearnTheirPlace(self):
+        """
+        A node ahead in line left (stopped, or found dead at a restart of
+        its host's node): this node may be first now, and must know it
+        before the holder's lease can expire, or it would look a lease too
+        late.  One attempt in its turn learns the new place.
+        """
+        self.startNode(startAt=10.0)
+        self.lock.answer("acquire", Attempt(False, 6, 4000, OTHER, rank=1))
+        self.advanceTo(11.0)
+        self.listeners[0].announce("left:gone:7:ffff")
+        self.advanceTo(11.0 + RANK_STEP)
+        self.assertTimes(self.lock.sent("acquire"), [10.0, 11.0 + RANK_STEP])
+        self.lock.answer("acquire", Attempt(False, 6, 2900, OTHER, rank=0))
+        self.assertEqual(self.node.standby.rank, 0)
+        # first in line now: the next look is when the lease can expire
+        self.advanceTo(11.0 + RANK_STEP + 2.9)
+        self.assertEqual(len(self.lock.sent("check")), 0)
+        self.advanceTo(11.0 + RANK_STEP + 2.91)
+        self.assertEqual(len(self.lock.sent("check")), 1)
 
     def test_forwardSignalIgnoredByStandby(self):
         self.startNode()
@@ -1389,3 +1414,77 @@ class EmptyLockTests(ServiceTestCase):
         self.assertEqual(self.lock.initialize, [False, True, False])
         self.advanceTo(24.001)
         self.assertEqual(self.lock.initialize, [False, True, False, True])
+
+
+class CrashReleaseTests(ServiceTestCase):
+    """
+    The guards are kept told how to release the lease should BeatCop die
+    (see L{beatcop.guardrelease}), and the next holder says how the lock
+    became free.
+    """
+
+    ROUTE = {"where": {"host": "10.0.0.1", "port": 6379}, "tls": None, "username": None, "password": "s3cret",
+             "database": 0, "connect_timeout": 2.0, "reply_timeout": 1.0}
+
+    def test_theGuardsAreToldWhereTheMasterIsAsItChanges(self):
+        client = FakeRedisClient()
+        client.route = dict(self.ROUTE)
+        self.startNode(startAt=10.0, prestartGuard=True, client=client)
+        (armed,) = self.children
+        (message,) = armed.releaseMessages
+        told = json.loads(message)
+        self.assertEqual(told["where"], {"host": "10.0.0.1", "port": 6379})
+        self.assertEqual(told["password"], "s3cret")
+        self.assertEqual(told["args"], [HOLDER, "", "guard"])
+        self.assertNotIn("s3cret", " ".join(armed.argv) + " ".join(armed.environment.values()))
+        # a failover: the new master is told to the guard waiting ...
+        client.route = dict(self.ROUTE, where={"host": "10.0.0.2", "port": 6379})
+        client.reconnected()
+        self.assertEqual(json.loads(armed.releaseMessages[-1])["where"]["host"], "10.0.0.2")
+        # ... and a run's own guard, spawned later, hears it at once
+        self.lock.answer("acquire", Attempt(True, 7, 5000, HOLDER))
+        self.assertIs(self.node.child, armed)
+        client.route = dict(self.ROUTE, where={"host": "10.0.0.3", "port": 6379})
+        client.reconnected()
+        self.assertEqual(json.loads(armed.releaseMessages[-1])["where"]["host"], "10.0.0.3")
+
+    def test_aGuardSpawnedOnAcquisitionIsToldToo(self):
+        client = FakeRedisClient()
+        client.route = dict(self.ROUTE)
+        self.startNode(startAt=10.0, client=client)
+        self.lock.answer("acquire", Attempt(True, 7, 5000, HOLDER))
+        (run,) = self.children
+        self.assertEqual(json.loads(run.releaseMessages[0])["where"], {"host": "10.0.0.1", "port": 6379})
+
+    def test_theNewHolderSaysHowTheLockBecameFree(self):
+        seen = []
+
+        class Watcher(NodeObserver):
+            def tookOver(self, takeover):
+                seen.append(takeover)
+
+        self.startNode(startAt=10.0)
+        self.node.addObserver(Watcher())
+        takeover = Takeover("guard", "vm:12:dead", token=7, holder=HOLDER)
+        logged = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        self.lock.answer("acquire", Attempt(True, 7, 5000, HOLDER, takeover=takeover))
+        self.assertEqual(seen, [takeover])
+        (line,) = [event for event in logged if "Acquired" in event["log_format"]]
+        self.assertEqual(line["cause"], "guard")
+        self.assertIn("released by the guard of vm:12:dead after it died", formatEvent(line))
+
+    def test_anObserverWrittenBeforeTakeoversStillHearsTheRest(self):
+        class Old:
+            def __init__(self):
+                self.tokens = []
+
+            def acquired(self, token):
+                self.tokens.append(token)
+
+        old = Old()
+        self.startNode(startAt=10.0)
+        self.node.addObserver(old)
+        self.lock.answer("acquire", Attempt(True, 7, 5000, HOLDER, takeover=Takeover("new", token=7, holder=HOLDER)))
+        self.assertEqual(old.tokens, [7])
