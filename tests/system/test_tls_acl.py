@@ -38,8 +38,9 @@ USER = "beatcop"
 # What a node sends to a single Redis (README, "Redis topologies": the ACL
 # user), with notifications on: top-level commands, then the commands the
 # lock's Lua scripts call (Redis checks those against the user's ACL too).
-NODE_COMMANDS = {"info", "evalsha", "eval", "pttl", "subscribe", "hkeys", "hdel"}
-SCRIPT_COMMANDS = {"get", "set", "incr", "pexpire", "pttl", "del", "exists", "hset", "hgetall", "time", "publish"}
+NODE_COMMANDS = {"info", "evalsha", "eval", "pttl", "subscribe"}
+SCRIPT_COMMANDS = {"get", "set", "incr", "pexpire", "pttl", "del", "exists", "hset", "hgetall", "hdel", "time",
+                   "publish"}
 
 
 def aclRules(lockName, password):
