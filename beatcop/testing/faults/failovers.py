@@ -63,9 +63,9 @@ import tempfile
 import time
 import traceback
 
-from .chaos import (
-    Chaos, _table, finish, incidentLines, printPlan, recorderOptionsOf, soak, summarize, verdictRows,
-)
+from .kinds import Chaos
+from .report import incidentLines, summarize, textTable, verdictRows
+from .soak import finish, printPlan, recorderOptionsOf, soak
 from .replicated import ClusterTopology, ReplicatedFaultCluster, SentinelTopology
 from ..processes import waitUntil
 
@@ -449,9 +449,9 @@ def renderFailovers(result):
         f"{result['topology']}, wait_replicas {result['wait_replicas']}, {minReplicas}; seed {result['seed']},"
         f" {result['nodes']} nodes, {result['elapsed_s']} s, TTL {result['ttl_ms']} ms",
         "",
-        _table(rows),
+        textTable(rows),
         "",
-        _table(summary),
+        textTable(summary),
     ]
     lines += incidentLines(result)
     for what, key in (("STALE WRITE ACCEPTED", "accepted_stale"), ("token reused by another holder", "shared_tokens")):
