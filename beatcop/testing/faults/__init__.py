@@ -11,8 +11,10 @@ The modules, from the bottom up:
   - L{cluster}: L{cluster.FaultCluster}, N real nodes on one Redis server,
     each behind a proxy, restarted by a supervisor when they exit, and the
     verdict on their history (overlaps, gaps, tokens, leftovers);
-  - L{replicated}: the same on a replicated Redis (Sentinel or Cluster),
-    every link between servers, sentinels and nodes behind a proxy;
+  - L{replicated}: the same on a replicated Redis, every link between
+    servers, sentinels and nodes behind a proxy (a package: what both
+    topologies share in C{topology}, then C{sentinel}, C{rediscluster},
+    and the nodes on them in C{nodes});
   - L{kinds}: the single-server soak's faults (L{kinds.Chaos});
   - L{failovers}: the replicated soak (its faults, its report, its run);
   - L{soak}: the loop both soaks share (the seed's plan, inject, recover,
