@@ -367,9 +367,9 @@ class BeatCopService(service.Service):
         if self.state is not NodeState.CONNECTING:
             return
         self.log.info(
-            "Connected to {address} (Redis {version}); node {holder} standing by for lock {lock}",
+            "Connected to {address} ({server}); node {holder} standing by for lock {lock}",
             address=self.client.address,
-            version=".".join(map(str, version)) if version else "version unknown, through a proxy",
+            server=str(version) if version else "version unknown, through a proxy",
             holder=self.lock.holderId,
             lock=self.lock.lockName,
         )

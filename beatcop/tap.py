@@ -176,7 +176,10 @@ def makeService(options, reactor=None):
         for sig in (signal.SIGTERM, signal.SIGINT):
             if signal.getsignal(sig) not in (signal.SIG_DFL, signal.default_int_handler, None):
                 signal.signal(sig, onStopSignal)
-        if signal.getsignal(signal.SIGHUP) in (signal.SIG_DFL, None):
+        # The reactor leaves SIGHUP alone: what is there was inherited. An
+        # ignored SIGHUP (nohup, some supervisors) is taken over too, or such
+        # a node would never forward it; another handler is an embedder's.
+        if signal.getsignal(signal.SIGHUP) in (signal.SIG_DFL, signal.SIG_IGN, None):
             signal.signal(signal.SIGHUP, onSighup)
 
     reactor.callWhenRunning(installSignalHandlers)

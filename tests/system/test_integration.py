@@ -445,6 +445,38 @@ def test_sighup_is_forwarded_to_the_command(makeCluster):
     assert node.running
 
 
+def test_sighup_is_forwarded_when_started_with_it_ignored(makeCluster):
+    """
+    Under C{nohup} (and some supervisors) BeatCop starts with SIGHUP
+    ignored; it forwards it all the same, as documented.
+    """
+    cluster = makeCluster()
+    node = cluster.addNode(start=False)
+    node.argv = ["nohup"] + node.argv
+    node.start()
+    cluster.holder()
+    node.send(signal.SIGHUP)
+    waitUntil(lambda: cluster.events("hup"), 5, what=lambda: f"the command to get SIGHUP\n{node.log()}")
+    assert node.running
+
+
+def test_the_log_names_the_server_as_it_is(makeCluster, redisServer):
+    """
+    Valkey speaks Redis 7.2.4 and is Valkey 9.1: the node says both (a
+    real Redis just its version).
+    """
+    info = redisServer.client().info("server")
+    if info.get("server_name") == "valkey":
+        expected = f"(Valkey {info['valkey_version']}, speaking Redis {info['redis_version']})"
+    else:
+        expected = f"(Redis {info['redis_version']})"
+    cluster = makeCluster()
+    (node,) = cluster.startNodes(1)
+    waitUntil(lambda: "Connected to " in node.log(), 10, what=lambda: f"the node to connect\n{node.log()}")
+    line = next(line for line in node.log().splitlines() if "Connected to " in line)
+    assert expected in line, line
+
+
 def test_missing_command_is_a_config_error(workdir, redisServer):
     config = writeConfig(
         os.path.join(workdir, "missing.ini"),

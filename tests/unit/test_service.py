@@ -19,6 +19,7 @@ import os
 import signal
 
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from beatcop.child import ChildExit
@@ -39,6 +40,7 @@ from beatcop.redisconn import RedisTimeout
 
 from beatcop.testing.fakes import FakeLease, FakeListener, FakeRedisClient, FakeRun
 from beatcop.service import BeatCopService, NodeState
+from beatcop.startup import redisVersion
 from beatcop.standby import ATTEMPT_SPREAD, LISTENING_RANKS, RANK_STEP
 
 HOLDER = "node-a:100:0123456789abcdef"
@@ -211,6 +213,31 @@ class StartUpTests(ServiceTestCase):
     def test_oldestSupportedRedisIsAccepted(self):
         self.startNode(client=FakeRedisClient(default=b"redis_version:2.6.12\r\n"))
         self.assertEqual(self.node.state, NodeState.STANDBY)
+
+    def test_aForkOfRedisIsNamedAsItIs(self):
+        """
+        Valkey says C{redis_version:7.2.4} for the protocol it speaks and
+        C{valkey_version} for itself: the node's log names both, so that
+        nobody goes looking for a Redis 7.2.4.
+        """
+        info = "# Server\r\nredis_version:7.2.4\r\nserver_name:valkey\r\nvalkey_version:9.1.2\r\n"
+        self.assertEqual(redisVersion(info), (7, 2, 4))
+        self.assertEqual(str(redisVersion(info)), "Valkey 9.1.2, speaking Redis 7.2.4")
+        self.assertEqual(str(redisVersion("redis_version:7.0.15\r\n")), "Redis 7.0.15")
+        with capturedLogs() as events:
+            self.startNode(client=FakeRedisClient(default=info))
+        lines = [formatEvent(event) for event in events]
+        self.assertTrue(any(line.startswith("Connected to ") and "(Valkey 9.1.2, speaking Redis 7.2.4)" in line
+                            for line in lines), lines)
+
+    def test_aForkTooOldSaysWhichRedisItSpeaks(self):
+        info = "redis_version:2.6.0\r\nserver_name:valkey\r\nvalkey_version:0.1\r\n"
+        with capturedLogs() as events:
+            self.startNode(client=FakeRedisClient(default=info))
+        self.assertFinished(EX_PROTOCOL)
+        lines = [formatEvent(event) for event in events]
+        self.assertTrue(any("Valkey 0.1, speaking Redis 2.6.0 is too old; BeatCop needs Redis 2.6.12" in line
+                            for line in lines), lines)
 
     def test_noVersionInInfoExits76(self):
         self.startNode(client=FakeRedisClient(default="# Server\r\nuptime_in_seconds:3\r\n"))
