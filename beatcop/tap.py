@@ -135,7 +135,9 @@ def makeService(options, reactor=None):
 
         top = MultiService()
         node.setServiceParent(top)
-        metricsService(node, config.metricsPort, config.metricsAddress).setServiceParent(top)
+        metricsService(
+            node, config.metricsPort, config.metricsAddress, logRequests=config.metricsLogRequests
+        ).setServiceParent(top)
 
     from .systemd import SystemdObserver
 

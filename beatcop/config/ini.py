@@ -89,6 +89,7 @@ KEYS = (
     ("beatcop", "cgroup_parent", "the cgroup v2 directory to make each run's cgroup in (default BeatCop's own)"),
     ("beatcop", "metrics_port", "serve Prometheus /metrics and /health on this TCP port (default off)"),
     ("beatcop", "metrics_address", "the address the metrics listener binds (default 127.0.0.1)"),
+    ("beatcop", "metrics_log_requests", "yes: write a log line for every /metrics and /health request (default no)"),
     ("beatcop", "child_output", "inherit (default) or log: the command's output as labelled log lines"),
 )
 
@@ -500,6 +501,7 @@ def loadConfig(path=None, overrides=None, checkProgram=True):
                 "beatcop", "metrics_port", "needs the prometheus_client library: pip install 'beatcop[metrics]'"
             )
     metricsAddress = reader.text("beatcop", "metrics_address") or "127.0.0.1"
+    metricsLogRequests = reader.boolean("beatcop", "metrics_log_requests", False)
     prestartGuard = reader.boolean("beatcop", "prestart_guard", True)
     childOutput = (reader.text("beatcop", "child_output") or "inherit").lower()
     if childOutput not in ("inherit", "log"):
@@ -537,6 +539,7 @@ def loadConfig(path=None, overrides=None, checkProgram=True):
         metricsPort=metricsPort,
         prestartGuard=prestartGuard,
         metricsAddress=metricsAddress,
+        metricsLogRequests=metricsLogRequests,
         childOutput=childOutput,
         containment=containment,
         cgroupParent=cgroupParent,
