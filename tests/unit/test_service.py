@@ -300,6 +300,30 @@ class EvictionTests(ServiceTestCase):
         self.lock.answer("release", True)
         self.assertFinished(EX_CONFIG)
 
+    def test_aStandbyLeavingAnEvictingRedisDoesNotSayItReleasedALock(self):
+        """
+        A standby whose acquisition is in flight as a reconnection finds an
+        evicting Redis waits for its answer; what it won it gives back, and
+        its log says so, not "Released lock" (it never ran the command).
+        """
+        for won in (True, False):
+            with capturedLogs() as events:
+                self.startNode(startAt=10.0)
+                self.assertEqual(self.lock.sent("acquire"), [10.0])
+                self.client.default = EVICTING
+                self.client.reconnected()
+                self.assertEqual(self.node.state, NodeState.LEAVING)
+                self.lock.answer("acquire", Attempt(True, 7, 5000, HOLDER) if won else Attempt(False, 6, 700, OTHER))
+                if won:
+                    self.lock.answer("release", True)
+                else:
+                    self.assertNotReleased()
+                self.assertFinished(EX_CONFIG)
+            lines = [formatEvent(event) for event in events]
+            self.assertFalse([line for line in lines if "Released lock" in line or "no longer ours" in line], lines)
+            self.assertEqual(any(line.startswith("Gave back lock") for line in lines), won, lines)
+            self.assertEqual(self.children, [])
+
     def test_aReconnectionToASafeRedisGoesOn(self):
         self.runningAt(10.0)
         self.client.reconnected()
