@@ -40,6 +40,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
 
 
+class _Once(argparse.Action):
+    """
+    An option that may be given once: argparse lets the last of two win,
+    and a node's tool pointed at the wrong file would say the wrong thing.
+    """
+
+    def __call__(self, parser, namespace, value, optionString=None):
+        given = getattr(namespace, self.dest, None)
+        if given is not None:
+            parser.error(f"argument {'/'.join(self.option_strings)}: given twice ({given}, {value}): give one")
+        setattr(namespace, self.dest, value)
+
+
 def _parser():
     from . import __version__
 
@@ -55,7 +68,7 @@ def _parser():
 
     def withConfig(name, help):
         sub = commands.add_parser(name, help=help, description=help)
-        sub.add_argument("-c", "--config", required=True, help="the nodes' ini file")
+        sub.add_argument("-c", "--config", required=True, action=_Once, help="the nodes' ini file")
         sub.add_argument("--url", help="Redis URL, overriding the file's [redis] section")
         sub.add_argument("--json", action="store_true", help="print JSON instead of text")
         return sub

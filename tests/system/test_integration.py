@@ -565,6 +565,31 @@ def test_bad_redis_url_and_missing_file(workdir):
     assert result.returncode == 78 and missing in result.stderr, result
 
 
+def test_a_near_miss_is_named_and_two_config_files_are_refused(workdir):
+    """
+    C{timout} is named as the C{timeout} it probably meant; two C{-c} are
+    an error (the last would silently win), for a node (78) and for the
+    tool (64), each in one line and before anything else happens.
+    """
+    from beatcop.testing.redis import freePort
+
+    redis = {"url": f"redis://127.0.0.1:{freePort()}/0"}
+    path = writeConfig(os.path.join(workdir, "typo.ini"), redis, {"command": "true", "timout": "10000"})
+    other = writeConfig(os.path.join(workdir, "other.ini"), redis, {"command": "true"})
+    result = runTwistd("-c", path)
+    assert result.returncode == 68, result
+    assert f"beatcop: warning: {path}: [beatcop] timout: unknown key, ignored (did you mean timeout?)\n" in result.stderr
+    result = runTwistd("-c", path, "--config", other)
+    assert result.returncode == 78, result
+    assert result.stderr == f"beatcop: error: -c/--config given 2 times ({path}, {other}): give one file\n", result
+    assert "Cannot" not in result.stdout, result
+    tool = subprocess.run([sys.executable, "-m", "beatcop", "status", "-c", path, "-c", other], env=nodeEnvironment(),
+                          capture_output=True, text=True, timeout=30)
+    assert tool.returncode == 64, tool
+    assert f"error: argument -c/--config: given twice ({path}, {other}): give one" in tool.stderr, tool
+    assert "Traceback" not in tool.stderr + result.stderr
+
+
 def test_unreachable_redis_is_one_line_exit_68(workdir):
     from beatcop.testing.redis import freePort
 
