@@ -132,9 +132,12 @@ def formatStatus(status, now):
     elif not status.paused:
         lines.append(f"not running: the lock is free (fencing token so far {status.token})")
     standbys = [node for node in status.nodes if node.role == "standby"]
+    lost = [node for node in status.nodes if node.role == "lost"]
     silent = [node for node in status.nodes if node.role == "silent"]
     lines.append(
         f"{len(status.nodes)} node(s): {1 if holder else 0} holder, {len(standbys)} standing by"
+        + (f", {len(lost)} lost (said it ran the command, but the lock is not its: dead or cut off from Redis)"
+           if lost else "")
         + (f", {len(silent)} silent (not seen lately: dead or cut off from Redis)" if silent else "")
     )
     if status.nodes:
@@ -144,7 +147,7 @@ def formatStatus(status, now):
                 node.role,
                 node.host or "?",
                 str(node.pid or "?"),
-                (node.state or "?") if node.role != "silent" else "?",
+                (node.state or "?") if node.role not in ("silent", "lost") else "?",
                 str(node.token) if node.token is not None else "-",
                 f"{node.seen_ms_ago / 1000:.1f}s ago",
                 node.containment or "?",
