@@ -34,6 +34,12 @@ by their environment); C{--grandchildren-ignore-term} makes the children
 ignore SIGTERM, C{--no-daemon} leaves the daemon out, C{--containment}
 chooses the nodes' containment mode.
 
+B{On your own Redis and settings.}  C{--redis-server PATH} runs the soak on
+that server binary (the build and version you run in production, Redis or
+a fork) instead of the one on C{PATH} or the embedded extra's, and
+C{--set KEY=VALUE} gives the nodes one of your settings (L{SETTABLE}); the
+report names the server.  See C{docs/soak.md}.
+
 This module is the command line; the parts are named for what they do:
 L{kinds} (the single-server faults), L{failovers} (the replicated soak:
 its faults, its report, its run), L{soak} (the loop both share),
@@ -42,8 +48,11 @@ and the network under them).
 """
 
 import argparse
+import os
 import random
+import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 
@@ -52,7 +61,71 @@ from .failovers import runFailovers
 from .kinds import Chaos
 from .report import render, summarize
 from .soak import finish, printPlan, recorderOptionsOf, soak
-from ..redis import startRedisServer
+from ..processes import writeConfig
+from ..redis import SERVER_VARIABLE, findRedisServer, startRedisServer
+
+# The [beatcop] and [redis] keys a soak may take from the user (--set): the
+# nodes' timing and behaviour.  The harness owns the others: the command and
+# the lock, where Redis is; timeout, wait_replicas and containment have flags
+# of their own.
+SETTABLE = (
+    "refresh_interval", "kill_grace", "safety_margin", "stop_signal", "notify", "standby_max_wait",
+    "prestart_guard", "cgroup_parent", "reply_timeout", "connect_timeout", "wait_timeout",
+)
+_FLAGS = {"timeout": "--ttl", "wait_replicas": "--wait-replicas", "containment": "--containment"}
+
+
+def settingsOf(parser, options):
+    """
+    The C{--set KEY=VALUE} settings, as C{([beatcop] keys, [redis] keys)},
+    checked as a node would check them (so that a bad value is one line
+    here, not every node exiting 78).
+    """
+    from ...config import KEYS, loadConfig
+    from ...errors import ConfigError
+
+    sections = {key: section for section, key, _ in KEYS}
+    settings = {"beatcop": {}, "redis": {}}
+    for setting in options.set:
+        key, equals, value = setting.partition("=")
+        key, value = key.strip().lower(), value.strip()
+        if not equals or not value:
+            parser.error(f"--set {setting}: not KEY=VALUE")
+        if key in _FLAGS:
+            parser.error(f"--set {key}: use {_FLAGS[key]}")
+        if key not in SETTABLE:
+            parser.error(f"--set {key}: not a setting the soak takes (one of {', '.join(SETTABLE)});"
+                         f" the harness sets the others")
+        settings[sections[key]][key] = value
+    with tempfile.TemporaryDirectory() as directory:
+        path = writeConfig(os.path.join(directory, "soak.ini"), {"url": "redis://127.0.0.1/0", **settings["redis"]},
+                           {"command": "true", "timeout": str(options.ttl), **settings["beatcop"]})
+        try:
+            loadConfig(path, checkProgram=False)
+        except ConfigError as e:
+            parser.error(f"--set: {str(e).replace(path + ': ', '')}")
+    return settings["beatcop"], settings["redis"]
+
+
+def redisServerOf(parser, options):
+    """
+    The server binary the soak starts (C{--redis-server}, else the tests'
+    choice), as its path and what its C{--version} says.
+    """
+    if options.redis_server:
+        path = shutil.which(options.redis_server)
+        if path is None:
+            parser.error(f"--redis-server {options.redis_server}: not an executable file")
+        os.environ[SERVER_VARIABLE] = os.path.abspath(path)
+    try:
+        path = findRedisServer()
+    except RuntimeError as e:
+        parser.error(str(e))
+    try:
+        version = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired) as e:
+        parser.error(f"{path} --version: {e}")
+    return {"path": path, "version": version or "?"}
 
 
 def main(argv=None):
@@ -74,6 +147,12 @@ def main(argv=None):
                         help="the nodes' containment (default auto)")
     parser.add_argument("--plan", type=int, default=None, metavar="N",
                         help="print the seed's first N steps and exit")
+    own = parser.add_argument_group("your own Redis and settings (see docs/soak.md)")
+    own.add_argument("--redis-server", default=None, metavar="PATH",
+                     help="the redis-server (or valkey-server) binary to run the soak on (default: the one on"
+                          " PATH, else the embedded extra's)")
+    own.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help=f"a node setting, as in the ini file (repeatable): {', '.join(SETTABLE)}")
     replicated = parser.add_argument_group("replicated Redis (beatcop.testing.faults.failovers)")
     replicated.add_argument("--topology", default="single", choices=("single", "sentinel", "cluster"),
                             help="one server (default), a master with two replicas behind three sentinels,"
@@ -92,6 +171,9 @@ def main(argv=None):
         options.seed = random.SystemRandom().randrange(1, 10**6)
     if options.ttl is None:
         options.ttl = 1500 if options.topology == "single" else 3000
+    options.beatcopSettings, options.redisSettings = settingsOf(parser, options)
+    if options.plan is None:
+        options.server = redisServerOf(parser, options)
     if options.topology != "single":
         if not 2 <= options.nodes <= 10:
             parser.error("--nodes must be between 2 and 10")
@@ -100,16 +182,18 @@ def main(argv=None):
         return printPlan(options)
     if not 2 <= options.nodes <= 10:
         parser.error("--nodes must be between 2 and 10")
-    replyTimeoutMs = min(1000, options.ttl // 5)
+    replyTimeoutMs = int(options.redisSettings.get("reply_timeout", min(1000, options.ttl // 5)))
 
     print(f"chaos: seed {options.seed}, {options.nodes} nodes, {options.duration:g} s, TTL {options.ttl} ms",
           flush=True)
+    print(f"server: {options.server['path']} ({options.server['version']})", flush=True)
     directory = tempfile.mkdtemp(prefix="bchaos-")
     redis = startRedisServer()
     try:
         cluster = FaultCluster(
             directory, redis, ttl=options.ttl, recorderOptions=recorderOptionsOf(options),
-            restartDelay=options.restart_delay, containment=options.containment,
+            redisOptions=options.redisSettings or None, restartDelay=options.restart_delay,
+            containment=options.containment, **options.beatcopSettings,
         )
     except BaseException:
         redis.stop()

@@ -123,6 +123,19 @@ def incidentLines(result):
     return lines
 
 
+def setupLines(result):
+    """
+    The report's lines saying what the soak ran on: the server, and the
+    settings given with C{--set}.
+    """
+    lines = []
+    if result.get("server"):
+        lines.append(f"server: {result['server']['version']} ({result['server']['path']})")
+    if result.get("settings"):
+        lines.append("settings: " + ", ".join(f"{key} = {value}" for key, value in sorted(result["settings"].items())))
+    return lines
+
+
 def render(result):
     rows = [("fault", "injected", "skipped")]
     for kind in sorted(KINDS):
@@ -142,6 +155,7 @@ def render(result):
     lines = [
         f"seed {result['seed']}, {result['nodes']} nodes, {result['elapsed_s']} s, TTL {result['ttl_ms']} ms,"
         f" containment {result.get('containment', 'auto')}",
+    ] + setupLines(result) + [
         "",
         textTable(rows),
         "",

@@ -95,6 +95,8 @@ def soak(cluster, chaos, options, summarizer, table=None, startTimeout=30, healA
     result["leftovers"] = cluster.stopCleanly()
     result["ok"] = result["ok"] and not result["leftovers"]
     result["containment"] = options.containment
+    result["server"] = getattr(options, "server", None)
+    result["settings"] = dict(getattr(options, "beatcopSettings", {}), **getattr(options, "redisSettings", {}))
     return result
 
 
