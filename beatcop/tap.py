@@ -44,12 +44,28 @@ class Options(usage.Options):
         "76 Redis unusable; 77 Redis refused the credentials; 78 bad "
         "configuration (a command not found at start-up included)."
     )
-    optParameters = [["config", "c", None, "the ini file (BeatCop 1.0 format and its extensions)"]] + [
-        [flag, None, None, text] for flag, _, _, text in _OVERRIDES
-    ]
+    optParameters = [[flag, None, None, text] for flag, _, _, text in _OVERRIDES]
     optFlags = [[key, None, text] for (_, key), text in _SWITCHES.items()]
 
+    def __init__(self):
+        super().__init__()
+        self["config"] = None
+        self._configs = []
+
+    def opt_config(self, path):
+        """
+        the ini file (BeatCop 1.0 format and its extensions)
+        """
+        self._configs.append(path)
+        self["config"] = path
+
+    opt_c = opt_config
+
     def postOptions(self):
+        if len(self._configs) > 1:
+            # The last would silently win: a typo in a unit file or a
+            # script's arguments must not run a node on the wrong file.
+            self._fail(f"-c/--config given {len(self._configs)} times ({', '.join(self._configs)}): give one file")
         overrides = {}
         if self["url"] is not None:
             overrides.update(urlOverrides(self["url"]))
@@ -63,13 +79,17 @@ class Options(usage.Options):
             self.beatcopConfig = config = loadConfig(self["config"], overrides)
             self.containment = detectContainment(config.containment, config.cgroupParent, config.source)
         except ConfigError as e:
-            sys.stderr.write(f"beatcop: error: {e}\n")
-            sys.stderr.flush()
-            raise SystemExit(EX_CONFIG)
+            self._fail(str(e))
         for warning in self.beatcopConfig.warnings:
             sys.stderr.write(f"beatcop: warning: {warning}\n")
         if not config.redis.tls:
             withoutTls()
+
+    @staticmethod
+    def _fail(problem):
+        sys.stderr.write(f"beatcop: error: {problem}\n")
+        sys.stderr.flush()
+        raise SystemExit(EX_CONFIG)
 
 
 class _ExitCode:
@@ -135,7 +155,9 @@ def makeService(options, reactor=None):
 
         top = MultiService()
         node.setServiceParent(top)
-        metricsService(node, config.metricsPort, config.metricsAddress).setServiceParent(top)
+        metricsService(
+            node, config.metricsPort, config.metricsAddress, logRequests=config.metricsLogRequests
+        ).setServiceParent(top)
 
     from .systemd import SystemdObserver
 
@@ -176,7 +198,10 @@ def makeService(options, reactor=None):
         for sig in (signal.SIGTERM, signal.SIGINT):
             if signal.getsignal(sig) not in (signal.SIG_DFL, signal.default_int_handler, None):
                 signal.signal(sig, onStopSignal)
-        if signal.getsignal(signal.SIGHUP) in (signal.SIG_DFL, None):
+        # The reactor leaves SIGHUP alone: what is there was inherited. An
+        # ignored SIGHUP (nohup, some supervisors) is taken over too, or such
+        # a node would never forward it; another handler is an embedder's.
+        if signal.getsignal(signal.SIGHUP) in (signal.SIG_DFL, signal.SIG_IGN, None):
             signal.signal(signal.SIGHUP, onSighup)
 
     reactor.callWhenRunning(installSignalHandlers)

@@ -49,39 +49,20 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from failover import (  # noqa: E402  (failover puts the checkout first on sys.path)
-    BeatCop,
-    BenchmarkError,
-    Monitor,
-    Processes,
-    Run,
-    SingleBeat,
-    addPeerArguments,
-    addWorkArguments,
-    cmdline,
-    endMeta,
-    finish,
-    fmt,
-    interruptOnSignals,
-    keepOrRemove,
-    killNodeGroup,
-    log,
-    ms,
-    parentMap,
-    redisPortsByPid,
-    sourceFingerprint,
-    startImplementation,
-    summarize,
-    tail,
-    waitUntil,
+from benchlib.monitor import Monitor  # (benchlib puts the checkout first on sys.path)
+from benchlib.peers import BeatCop, SingleBeat
+from benchlib.plumbing import (
+    BenchmarkError, addPeerArguments, addWorkArguments, endMeta, finish, interruptOnSignals, keepOrRemove, log,
+    sourceFingerprint, startImplementation, tail, waitUntil,
 )
+from benchlib.procfs import cmdline, parentMap, redisPortsByPid
+from benchlib.run import Processes, Run, killNodeGroup
+from benchlib.stats import fmt, ms, summarize
 
-from beatcop.containment import processAlive  # noqa: E402
-from beatcop.testing.history import readHistory  # noqa: E402
-from beatcop.testing.processes import Node, writeConfig  # noqa: E402
-from beatcop.testing.redis import startRedisServer  # noqa: E402
+from beatcop.containment import processAlive
+from beatcop.testing.history import readHistory
+from beatcop.testing.processes import Node, writeConfig
+from beatcop.testing.redis import startRedisServer
 
 # The command: one JSON line in the history file (what the failover
 # benchmark's recorder writes, less its clock), then sleep under the same

@@ -10,6 +10,7 @@ mistake; L{_Reader} is the one place that makes those lines.
 """
 
 import configparser
+import difflib
 import os
 from dataclasses import dataclass
 
@@ -89,6 +90,7 @@ KEYS = (
     ("beatcop", "cgroup_parent", "the cgroup v2 directory to make each run's cgroup in (default BeatCop's own)"),
     ("beatcop", "metrics_port", "serve Prometheus /metrics and /health on this TCP port (default off)"),
     ("beatcop", "metrics_address", "the address the metrics listener binds (default 127.0.0.1)"),
+    ("beatcop", "metrics_log_requests", "yes: write a log line for every /metrics and /health request (default no)"),
     ("beatcop", "child_output", "inherit (default) or log: the command's output as labelled log lines"),
 )
 
@@ -105,6 +107,24 @@ _KNOWN_KEYS = {"redis": REDIS_KEYS, "beatcop": BEATCOP_KEYS}
 
 
 _SECTIONS = ("redis", "beatcop", _ENVIRONMENT)
+
+
+def _unknown(what, section, key=None):
+    """
+    "unknown key, ignored" (or section), naming what was probably meant: a
+    known key it is a near miss of (C{timout}), or the section a key
+    belongs to.  A near miss ignored in silence would run the node on a
+    default its operator thought they had changed.
+    """
+    if key is None:
+        guess = difflib.get_close_matches(section.lower(), _SECTIONS, n=1, cutoff=0.7)
+        return f"unknown {what}, ignored" + (f" (did you mean [{guess[0]}]?)" if guess else "")
+    owners = [other for other, known in _KNOWN_KEYS.items() if key in known and other != section]
+    if owners:
+        return f"unknown {what}, ignored (it is a key of [{owners[0]}])"
+    known = _KNOWN_KEYS.get(section) or frozenset().union(*_KNOWN_KEYS.values())
+    guess = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
+    return f"unknown {what}, ignored" + (f" (did you mean {guess[0]}?)" if guess else "")
 
 
 # configparser's own [DEFAULT] magic would copy its keys into [environment];
@@ -342,7 +362,7 @@ def _mergeSections(source, fileSections, overrides):
                 (key, _Value(text)) for key, text in items.items()
             )
         elif section != _DEFAULT_SECTION:
-            warnings.append(f"{source}: [{section}]: unknown section, ignored")
+            warnings.append(f"{source}: [{section}]: {_unknown('section', section)}")
 
     # BeatCop 1.0 read [DEFAULT] into every section; keep that for the
     # sections whose keys are known, and never let it leak into the child's
@@ -355,7 +375,7 @@ def _mergeSections(source, fileSections, overrides):
             section for section, known in _KNOWN_KEYS.items() if key in known
         ]
         if not owners:
-            warnings.append(f"{source}: [DEFAULT] {key}: unknown key, ignored")
+            warnings.append(f"{source}: [DEFAULT] {key}: {_unknown('key', _DEFAULT_SECTION, key)}")
         for section in owners:
             merged[section].setdefault(key, value)
 
@@ -370,7 +390,7 @@ def _mergeSections(source, fileSections, overrides):
             if key not in _KNOWN_KEYS[section]:
                 raise ConfigError(
                     f"{source}: [{section}] {key} (from the command line):"
-                    f" unknown key"
+                    f" {_unknown('key', section, key).replace(', ignored', '')}"
                 )
         if text is None:
             # Lets a flag replace a group of keys, e.g. a URL given on the
@@ -441,7 +461,7 @@ def loadConfig(path=None, overrides=None, checkProgram=True):
     for section, known in _KNOWN_KEYS.items():
         for key, value in sections[section].items():
             if key not in known:
-                reader.warn(section, key, "unknown key, ignored")
+                reader.warn(section, key, _unknown("key", section, key))
 
     command, shell = _readCommand(reader)
     lockName = reader.lockName(command)
@@ -500,6 +520,7 @@ def loadConfig(path=None, overrides=None, checkProgram=True):
                 "beatcop", "metrics_port", "needs the prometheus_client library: pip install 'beatcop[metrics]'"
             )
     metricsAddress = reader.text("beatcop", "metrics_address") or "127.0.0.1"
+    metricsLogRequests = reader.boolean("beatcop", "metrics_log_requests", False)
     prestartGuard = reader.boolean("beatcop", "prestart_guard", True)
     childOutput = (reader.text("beatcop", "child_output") or "inherit").lower()
     if childOutput not in ("inherit", "log"):
@@ -537,6 +558,7 @@ def loadConfig(path=None, overrides=None, checkProgram=True):
         metricsPort=metricsPort,
         prestartGuard=prestartGuard,
         metricsAddress=metricsAddress,
+        metricsLogRequests=metricsLogRequests,
         childOutput=childOutput,
         containment=containment,
         cgroupParent=cgroupParent,

@@ -365,6 +365,9 @@ class Config:
     @ivar metricsPort: serve Prometheus metrics and a health check over
         HTTP on this TCP port (C{None}: off).
     @ivar metricsAddress: the address that listener binds.
+    @ivar metricsLogRequests: write an access log line for every request
+        to it (off by default: a scraper and a probe every few seconds
+        would bury the node's own lines).
     @ivar childOutput: C{"inherit"} (the command writes to BeatCop's own
         stdout/stderr) or C{"log"} (each line becomes a log event labelled
         with the stream, kept apart from BeatCop's own by its namespace).
@@ -404,6 +407,7 @@ class Config:
     prestartGuard: bool = True
     metricsPort: int | None = None
     metricsAddress: str = "127.0.0.1"
+    metricsLogRequests: bool = False
     childOutput: str = "inherit"
     containment: str = "auto"
     cgroupParent: str | None = None

@@ -7,8 +7,8 @@ tests that prove them run against the real thing, and the fault-injection
 tests need to freeze, kill and restart it at will.  This module gives them a
 L{RedisServer} they can do that to, with every wait bounded.
 
-The binary is C{redis-server} from C{PATH}, else the embedded extra's
-Valkey server (see L{findRedisServer}).
+The binary is C{$BEATCOP_REDIS_SERVER} if set, else C{redis-server} from
+C{PATH}, else the embedded extra's Valkey server (see L{findRedisServer}).
 
 B{Never leak a server.}  Register its C{stop} for cleanup I{before} starting
 it, so that a test that fails, even half-way through start-up, still stops
@@ -43,7 +43,7 @@ import time
 
 
 __all__ = [
-    "findRedisServer", "freePort", "RedisServer", "startRedis",
+    "SERVER_VARIABLE", "findRedisServer", "freePort", "RedisServer", "startRedis",
     "startRedisServer", "temporaryDirectory",
 ]
 
@@ -54,14 +54,25 @@ _MAX_SOCKET_PATH = 107 if sys.platform.startswith("linux") else 103
 _running = set()
 
 
+SERVER_VARIABLE = "BEATCOP_REDIS_SERVER"
+
+
 def findRedisServer():
     """
-    The server binary to test against: C{redis-server} (or C{valkey-server})
-    on C{PATH} (a developer may want to test a particular version), else the
-    embedded extra's (L{beatcop.embedded.findEmbeddedServer}).
+    The server binary to test against: the one C{$BEATCOP_REDIS_SERVER}
+    names (the soak's C{--redis-server}: the build a user runs in
+    production), else C{redis-server} (or C{valkey-server}) on C{PATH} (a
+    developer may want to test a particular version), else the embedded
+    extra's (L{beatcop.embedded.findEmbeddedServer}).
 
-    @raise RuntimeError: none is available.
+    @raise RuntimeError: none is available, or the one named cannot run.
     """
+    named = os.environ.get(SERVER_VARIABLE)
+    if named:
+        path = shutil.which(named)
+        if path is None:
+            raise RuntimeError(f"${SERVER_VARIABLE}: {named}: not an executable file")
+        return path
     for name in ("redis-server", "valkey-server"):
         path = shutil.which(name)
         if path:

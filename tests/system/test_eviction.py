@@ -16,7 +16,7 @@ from beatcop.errors import EX_CONFIG, EvictionRisk
 from beatcop.redisconn import RedisClient
 from beatcop.startup import checkRedis
 
-from beatcop.testing.processes import Cluster
+from beatcop.testing.processes import Cluster, waitUntil
 from beatcop.testing.redis import startRedis, startRedisServer
 
 EVICTING = ("volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl",
@@ -113,6 +113,38 @@ def test_a_holder_leaves_when_a_new_connection_finds_eviction():
         assert "Released lock" in node.log(), node.log()
         assert not made.alive(), "the command outlived its node"
         assert not redis.exists(made.lockName)
+    finally:
+        made.cleanup()
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_standby_leaving_an_evicting_redis_does_not_say_it_released_a_lock():
+    """
+    Both nodes' connections dropped after the policy changed: each new
+    connection is checked and both leave (78).  The standby never ran the
+    command, whatever its acquisition in flight found: its log must not say
+    it released a lock.
+    """
+    server = startRedisServer()
+    directory = tempfile.mkdtemp(prefix="ev-")
+    made = cluster(server, directory)
+    redis = server.client()
+    try:
+        holder = made.addNode()
+        made.holder()
+        standby = made.addNode()
+        waitUntil(lambda: "standing by" in standby.log(), 10, what=lambda: f"the standby\n{standby.log()}")
+        redis.config_set("maxmemory", "64mb")
+        redis.config_set("maxmemory-policy", "allkeys-lru")
+        redis.client_kill_filter(_type="normal", skipme=True)
+        assert holder.wait(15) == EX_CONFIG, made.logs()
+        assert standby.wait(15) == EX_CONFIG, made.logs()
+        log = standby.log()
+        assert "maxmemory-policy allkeys-lru" in log, log
+        assert "Released lock" not in log and "no longer ours" not in log, log
+        assert "Traceback" not in log, log
+        assert [event["node"] for event in made.events("start")] == [holder.name], made.logs()
     finally:
         made.cleanup()
         server.stop()

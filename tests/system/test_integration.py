@@ -445,6 +445,38 @@ def test_sighup_is_forwarded_to_the_command(makeCluster):
     assert node.running
 
 
+def test_sighup_is_forwarded_when_started_with_it_ignored(makeCluster):
+    """
+    Under C{nohup} (and some supervisors) BeatCop starts with SIGHUP
+    ignored; it forwards it all the same, as documented.
+    """
+    cluster = makeCluster()
+    node = cluster.addNode(start=False)
+    node.argv = ["nohup"] + node.argv
+    node.start()
+    cluster.holder()
+    node.send(signal.SIGHUP)
+    waitUntil(lambda: cluster.events("hup"), 5, what=lambda: f"the command to get SIGHUP\n{node.log()}")
+    assert node.running
+
+
+def test_the_log_names_the_server_as_it_is(makeCluster, redisServer):
+    """
+    Valkey speaks Redis 7.2.4 and is Valkey 9.1: the node says both (a
+    real Redis just its version).
+    """
+    info = redisServer.client().info("server")
+    if info.get("server_name") == "valkey":
+        expected = f"(Valkey {info['valkey_version']}, speaking Redis {info['redis_version']})"
+    else:
+        expected = f"(Redis {info['redis_version']})"
+    cluster = makeCluster()
+    (node,) = cluster.startNodes(1)
+    waitUntil(lambda: "Connected to " in node.log(), 10, what=lambda: f"the node to connect\n{node.log()}")
+    line = next(line for line in node.log().splitlines() if "Connected to " in line)
+    assert expected in line, line
+
+
 def test_missing_command_is_a_config_error(workdir, redisServer):
     config = writeConfig(
         os.path.join(workdir, "missing.ini"),
@@ -531,6 +563,31 @@ def test_bad_redis_url_and_missing_file(workdir):
     missing = os.path.join(workdir, "absent.ini")
     result = runTwistd("-c", missing)
     assert result.returncode == 78 and missing in result.stderr, result
+
+
+def test_a_near_miss_is_named_and_two_config_files_are_refused(workdir):
+    """
+    C{timout} is named as the C{timeout} it probably meant; two C{-c} are
+    an error (the last would silently win), for a node (78) and for the
+    tool (64), each in one line and before anything else happens.
+    """
+    from beatcop.testing.redis import freePort
+
+    redis = {"url": f"redis://127.0.0.1:{freePort()}/0"}
+    path = writeConfig(os.path.join(workdir, "typo.ini"), redis, {"command": "true", "timout": "10000"})
+    other = writeConfig(os.path.join(workdir, "other.ini"), redis, {"command": "true"})
+    result = runTwistd("-c", path)
+    assert result.returncode == 68, result
+    assert f"beatcop: warning: {path}: [beatcop] timout: unknown key, ignored (did you mean timeout?)\n" in result.stderr
+    result = runTwistd("-c", path, "--config", other)
+    assert result.returncode == 78, result
+    assert result.stderr == f"beatcop: error: -c/--config given 2 times ({path}, {other}): give one file\n", result
+    assert "Cannot" not in result.stdout, result
+    tool = subprocess.run([sys.executable, "-m", "beatcop", "status", "-c", path, "-c", other], env=nodeEnvironment(),
+                          capture_output=True, text=True, timeout=30)
+    assert tool.returncode == 64, tool
+    assert f"error: argument -c/--config: given twice ({path}, {other}): give one" in tool.stderr, tool
+    assert "Traceback" not in tool.stderr + result.stderr
 
 
 def test_unreachable_redis_is_one_line_exit_68(workdir):

@@ -92,6 +92,32 @@ def test_metrics_and_health_over_http(workdir, redisServer):
             node.cleanup()
 
 
+def test_metrics_and_health_requests_are_logged_only_when_asked(workdir, redisServer):
+    """
+    A scraper and a probe every few seconds would bury the node's own
+    lines: by default the node writes nothing for them; with
+    C{metrics_log_requests = yes}, one access line per request.  Each node
+    is stopped before its log is read, so that nothing is still on its way.
+    """
+    for name, extra, logged in (("quiet", {}, False), ("loud", {"metrics_log_requests": "yes"}, True)):
+        port = freePort()
+        node, _ = startNode(workdir, redisServer, name, {"metrics_port": str(port), "lockname": f"ops-{name}", **extra})
+        try:
+            base = f"http://127.0.0.1:{port}"
+            waitUntil(lambda: get(base + "/health")[0] == 200, 10, what=lambda: f"{name}: health 200\n{node.log()}")
+            for _ in range(3):
+                assert get(base + "/metrics")[0] == 200
+                assert get(base + "/health")[0] == 200
+            node.send(signal.SIGTERM)
+            assert node.wait(10) == 0, node.log()
+            log = node.log()
+            assert ('"GET /metrics HTTP/1.1" 200' in log) is logged, log
+            assert ('"GET /health HTTP/1.1" 200' in log) is logged, log
+            assert "Traceback" not in log, log
+        finally:
+            node.cleanup()
+
+
 def test_child_exit_codes_are_counted(workdir, redisServer):
     port = freePort()
     history = os.path.join(workdir, "history.jsonl")

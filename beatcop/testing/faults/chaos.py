@@ -33,465 +33,99 @@ whatever group or session it moved to (the checker finds a run's processes
 by their environment); C{--grandchildren-ignore-term} makes the children
 ignore SIGTERM, C{--no-daemon} leaves the daemon out, C{--containment}
 chooses the nodes' containment mode.
+
+B{On your own Redis and settings.}  C{--redis-server PATH} runs the soak on
+that server binary (the build and version you run in production, Redis or
+a fork) instead of the one on C{PATH} or the embedded extra's, and
+C{--set KEY=VALUE} gives the nodes one of your settings (L{SETTABLE}); the
+report names the server.  See C{docs/soak.md}.
+
+This module is the command line; the parts are named for what they do:
+L{kinds} (the single-server faults), L{failovers} (the replicated soak:
+its faults, its report, its run), L{soak} (the loop both share),
+L{report} (the result and its tables), L{cluster} and L{proxy} (the nodes
+and the network under them).
 """
 
 import argparse
-import collections
-import json
 import os
 import random
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
-import time
-import traceback
 
-from .cluster import FaultCluster, commandGuardOf
-from ..processes import waitUntil
-from ..redis import startRedisServer
+from .cluster import FaultCluster
+from .failovers import runFailovers
+from .kinds import Chaos
+from .report import render, summarize
+from .soak import finish, printPlan, recorderOptionsOf, soak
+from ..processes import writeConfig
+from ..redis import SERVER_VARIABLE, findRedisServer, startRedisServer
 
-# kind -> weight
-KINDS = {
-    "kill9_holder": 3,
-    "kill9_holder_group": 2,
-    "kill9_guard": 2,
-    "sigstop_holder": 3,
-    "blackhole_holder": 3,
-    "reset_holder": 2,
-    "blackhole_standby": 2,
-    "partition_all_but_one": 2,
-    "redis_slow": 2,
-    "redis_mild_delay": 1,
-    "redis_pause": 2,
-    "redis_restart_empty": 2,
-    "child_crash": 2,
-    "child_ignores_term_clean_stop": 2,
-    "child_ignores_term_cut_off": 2,
-    "sigterm_holder": 2,
-    "kill_standby": 2,
-    "restart_all": 1,
-}
-
-# Faults after which the run they hit must be gone before the command counts
-# as running again.
-ENDS_THE_RUN = {
-    "kill9_holder", "kill9_holder_group", "kill9_guard", "child_crash", "child_ignores_term_clean_stop",
-    "sigterm_holder", "restart_all",
-}
+# The [beatcop] and [redis] keys a soak may take from the user (--set): the
+# nodes' timing and behaviour.  The harness owns the others: the command and
+# the lock, where Redis is; timeout, wait_replicas and containment have flags
+# of their own.
+SETTABLE = (
+    "refresh_interval", "kill_grace", "safety_margin", "stop_signal", "notify", "standby_max_wait",
+    "prestart_guard", "cgroup_parent", "reply_timeout", "connect_timeout", "wait_timeout",
+)
+_FLAGS = {"timeout": "--ttl", "wait_replicas": "--wait-replicas", "containment": "--containment"}
 
 
-def plan(seed, steps, table=None):
+def settingsOf(parser, options):
     """
-    The first C{steps} steps of a seed's fault sequence: dicts with the
-    kind, a rank (which standby / which node, modulo how many there are), a
-    duration factor in [0, 1), a flag, and the quiet pause after it.
-
-    @param table: kind -> weight (default L{KINDS}).
+    The C{--set KEY=VALUE} settings, as C{([beatcop] keys, [redis] keys)},
+    checked as a node would check them (so that a bad value is one line
+    here, not every node exiting 78).
     """
-    table = KINDS if table is None else table
-    rng = random.Random(seed)
-    kinds = sorted(table)
-    weights = [table[kind] for kind in kinds]
-    for index in range(steps):
-        # Always the same draws per step, whatever the kind.
-        kind = rng.choices(kinds, weights)[0]
-        rank = rng.randrange(1000)
-        factor = rng.random()
-        flag = rng.random() < 0.5
-        pause = 0.3 + 1.7 * rng.random()
-        yield {"step": index, "kind": kind, "rank": rank, "factor": round(factor, 4), "flag": flag,
-               "pause": round(pause, 3)}
+    from ...config import KEYS, loadConfig
+    from ...errors import ConfigError
 
-
-class Chaos:
-    def __init__(self, cluster, ttl, replyTimeoutMs, log=print):
-        self.cluster = cluster
-        self.ttl = ttl / 1000.0
-        self.replyTimeoutMs = replyTimeoutMs
-        self.log = log
-        self.faultLog = []
-        self.unrecovered = []
-        self.harnessErrors = []
-        self.switch = os.path.join(cluster.directory, "ignore-term")
-
-    def healEverything(self):
-        for action in (
-            lambda: os.unlink(self.switch),
-            lambda: [node.send(signal.SIGCONT) for node in self.cluster.nodes],
-            self.cluster.resumeRedis,
-            lambda: [self.cluster.cut(node, "pass") for node in self.cluster.nodes],
-        ):
-            try:
-                action()
-            except Exception:
-                pass
-
-    # -- who is who ----------------------------------------------------
-
-    def runningStart(self):
-        """
-        The start event of the run alive now, if any.
-        """
-        alive = set(self.cluster.sampler.alive())
-        for event in reversed(self.cluster.events("start")):
-            if event.get("run", event["pid"]) in alive:
-                return event
-        return None
-
-    def holder(self):
-        start = self.runningStart()
-        return (self.cluster.node(start["node"]), start) if start else (None, None)
-
-    def standbys(self, holder):
-        return [node for node in self.cluster.nodes if node is not holder and node.running]
-
-    # -- the faults ----------------------------------------------------
-
-    def run(self, step):
-        kind = step["kind"]
-        holder, start = self.holder()
-        needsHolder = kind.endswith(("_holder", "_group", "_guard")) or kind.startswith("child_")
-        entry = dict(step, t=round(time.monotonic(), 3), target=None)
-        if needsHolder and holder is None:
-            entry["skipped"] = "no holder"
-            self.faultLog.append(entry)
-            return entry
-        entry["target"] = holder.name if holder is not None else None
-        duration = self.ttl * (1.0 + 1.5 * step["factor"])  # 1 to 2.5 TTL
-        getattr(self, kind)(step, holder, start, duration, entry)
-        if kind in ENDS_THE_RUN and not entry.get("skipped"):
-            entry["_ends"] = start
-        self.faultLog.append(entry)
-        return entry
-
-    def kill9_holder(self, step, holder, start, duration, entry):
-        self.cluster.kill(holder, signal.SIGKILL)
-
-    def kill9_holder_group(self, step, holder, start, duration, entry):
-        self.cluster.kill(holder, signal.SIGKILL, group=True)
-
-    def kill9_guard(self, step, holder, start, duration, entry):
-        # The lease guard alone (the OOM killer's choice, a stray kill -9):
-        # BeatCop must kill what the command left, daemons included.
-        guard = commandGuardOf(holder)
-        if guard is None:
-            entry["skipped"] = "no guard"
-            return
-        self.cluster.fault(f"SIGKILL the lease guard {guard} of {holder.name}")
+    sections = {key: section for section, key, _ in KEYS}
+    settings = {"beatcop": {}, "redis": {}}
+    for setting in options.set:
+        key, equals, value = setting.partition("=")
+        key, value = key.strip().lower(), value.strip()
+        if not equals or not value:
+            parser.error(f"--set {setting}: not KEY=VALUE")
+        if key in _FLAGS:
+            parser.error(f"--set {key}: use {_FLAGS[key]}")
+        if key not in SETTABLE:
+            parser.error(f"--set {key}: not a setting the soak takes (one of {', '.join(SETTABLE)});"
+                         f" the harness sets the others")
+        settings[sections[key]][key] = value
+    with tempfile.TemporaryDirectory() as directory:
+        path = writeConfig(os.path.join(directory, "soak.ini"), {"url": "redis://127.0.0.1/0", **settings["redis"]},
+                           {"command": "true", "timeout": str(options.ttl), **settings["beatcop"]})
         try:
-            os.kill(guard, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-    def sigstop_holder(self, step, holder, start, duration, entry):
-        # From a fraction of a TTL (survived) to 2.5 TTL (the guard acts).
-        duration = self.ttl * (0.2 + 2.3 * step["factor"])
-        entry["seconds"] = round(duration, 3)
-        self.cluster.freeze(holder)
-        try:
-            time.sleep(duration)
-        finally:
-            self.cluster.thaw(holder)
-
-    def _cut(self, node, mode, duration, entry):
-        entry["seconds"] = round(duration, 3)
-        self.cluster.cut(node, mode)
-        try:
-            time.sleep(duration)
-        finally:
-            self.cluster.cut(node, "pass")
-
-    def blackhole_holder(self, step, holder, start, duration, entry):
-        self._cut(holder, "blackhole", duration, entry)
-
-    def reset_holder(self, step, holder, start, duration, entry):
-        self._cut(holder, "reset", duration, entry)
-
-    def blackhole_standby(self, step, holder, start, duration, entry):
-        node = self._pickStandby(step, holder, entry)
-        if node is not None:
-            self._cut(node, "blackhole", duration, entry)
-
-    def _pickStandby(self, step, holder, entry):
-        """
-        The standby the step's rank names (recorded as the target), or None
-        with the step marked skipped when there is none.
-        """
-        standbys = self.standbys(holder)
-        if not standbys:
-            entry["skipped"] = "no standby"
-            return None
-        node = standbys[step["rank"] % len(standbys)]
-        entry["target"] = node.name
-        return node
-
-    def partition_all_but_one(self, step, holder, start, duration, entry):
-        nodes = self.cluster.nodes
-        keep = nodes[step["rank"] % len(nodes)]
-        entry["target"] = f"all but {keep.name}"
-        entry["seconds"] = round(duration, 3)
-        mode = "reset" if step["flag"] else "blackhole"
-        entry["mode"] = mode
-        cut = [node for node in nodes if node is not keep]
-        try:
-            for node in cut:
-                self.cluster.cut(node, mode)
-            time.sleep(duration)
-        finally:
-            for node in cut:
-                self.cluster.cut(node, "pass")
-
-    def redis_slow(self, step, holder, start, duration, entry):
-        # A round trip 1.2 to 3.2 reply timeouts longer.
-        self._delayAll(int(self.replyTimeoutMs * (0.6 + step["factor"])), duration, entry)
-
-    def redis_mild_delay(self, step, holder, start, duration, entry):
-        # A round trip at most half a reply timeout longer.
-        self._delayAll(int(self.replyTimeoutMs * 0.25 * step["factor"]), duration, entry)
-
-    def _delayAll(self, ms, duration, entry):
-        """
-        Every node's traffic delayed C{ms} each way for C{duration} seconds.
-        """
-        entry["delay_ms"] = ms
-        entry["seconds"] = round(duration, 3)
-        try:
-            self.cluster.cutAll("delay", ms)
-            time.sleep(duration)
-        finally:
-            self.cluster.healAll()
-
-    def redis_pause(self, step, holder, start, duration, entry):
-        entry["seconds"] = round(duration, 3)
-        self.cluster.pauseRedis()
-        try:
-            time.sleep(duration)
-        finally:
-            self.cluster.resumeRedis()
-
-    def redis_restart_empty(self, step, holder, start, duration, entry):
-        self.cluster.restartRedis()
-
-    def child_crash(self, step, holder, start, duration, entry):
-        # The command dies on its own, by a signal it does not handle.
-        sig = signal.SIGKILL if step["flag"] else signal.SIGUSR1
-        entry["signal"] = signal.Signals(sig).name
-        self.cluster.fault(f"{entry['signal']} to the command of {holder.name} (pid {start['pid']})")
-        try:
-            os.kill(start["pid"], sig)
-        except ProcessLookupError:
-            pass
-
-    def _ignoringTerm(self):
-        with open(self.switch, "w"):
-            pass
-
-    def child_ignores_term_clean_stop(self, step, holder, start, duration, entry):
-        self._ignoringTerm()
-        try:
-            self.cluster.kill(holder, signal.SIGTERM)
-            self.cluster.waitTreeGone(start, 10)
-        finally:
-            os.unlink(self.switch)
-
-    def child_ignores_term_cut_off(self, step, holder, start, duration, entry):
-        self._ignoringTerm()
-        try:
-            self._cut(holder, "blackhole", duration, entry)
-        finally:
-            os.unlink(self.switch)
-
-    def sigterm_holder(self, step, holder, start, duration, entry):
-        self.cluster.kill(holder, signal.SIGTERM)
-
-    def kill_standby(self, step, holder, start, duration, entry):
-        node = self._pickStandby(step, holder, entry)
-        if node is not None:
-            self.cluster.kill(node, signal.SIGKILL)
-
-    def restart_all(self, step, holder, start, duration, entry):
-        sig = signal.SIGTERM if step["flag"] else signal.SIGKILL
-        entry["signal"] = signal.Signals(sig).name
-        entry["target"] = "all"
-        for node in self.cluster.nodes:
-            self.cluster.kill(node, sig)
-
-    # -- between faults ------------------------------------------------
-
-    def waitRecovery(self, entry, timeout):
-        """
-        Wait until the command runs again (and every node is back up).
-        """
-        healed = time.monotonic()
-        start = entry.pop("_ends", None)
-        if start is not None:
-            # This fault ends the run it hit: wait for that (bounded; a run
-            # that outlives its node is the verdict's business) so that it is
-            # not taken for the recovered command.
-            try:
-                self.cluster.waitTreeGone(start, 10)
-            except AssertionError:
-                self.log(f"  step {entry['step']}: run {start['pid']} still alive 10 s after {entry['kind']}")
-
-        def running():
-            start = self.runningStart()
-            return start is not None and self.cluster.treeAlive(start)
-
-        try:
-            waitUntil(running, timeout, interval=0.02, what="the command")
-            entry["recovered_s"] = round(time.monotonic() - healed, 3)
-        except AssertionError:
-            entry["recovered_s"] = None
-            self.unrecovered.append(entry)
-            self.log(f"  step {entry['step']}: the command did not come back within {timeout:g} s")
-        # The supervisor restarts nodes; wait for them so the next fault
-        # finds a cluster, not a crowd of starting processes.
-        try:
-            waitUntil(lambda: all(node.running for node in self.cluster.nodes), 10, interval=0.05, what="nodes")
-        except AssertionError:
-            pass
+            loadConfig(path, checkProgram=False)
+        except ConfigError as e:
+            parser.error(f"--set: {str(e).replace(path + ': ', '')}")
+    return settings["beatcop"], settings["redis"]
 
 
-def _table(rows):
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
-
-
-def summarize(cluster, chaos, options, verdict, elapsed):
-    report = verdict.report
-    byKind = collections.Counter(entry["kind"] for entry in chaos.faultLog if not entry.get("skipped"))
-    skipped = collections.Counter(entry["kind"] for entry in chaos.faultLog if entry.get("skipped"))
-    runsByPid = {run.pid: run for run in report.runs}
-
-    def faultBefore(t):
-        before = [entry for entry in chaos.faultLog if entry["t"] <= t and not entry.get("skipped")]
-        return f"step {before[-1]['step']} {before[-1]['kind']} ({before[-1]['target']})" if before else None
-
-    overlaps = [
-        {
-            "pids": [a, b],
-            "nodes": [runsByPid[a].node if a in runsByPid else "?", runsByPid[b].node if b in runsByPid else "?"],
-            "ms": round(seconds * 1000, 1),
-            "at": round(runsByPid[b].start, 3) if b in runsByPid else None,
-            "after": faultBefore(runsByPid[b].start) if b in runsByPid else None,
-            "earlier_alive": {str(pid): round(t, 3) for pid, t in report.aliveAfter(
-                a, runsByPid[b].start if b in runsByPid else 0).items()},
-        }
-        for a, b, seconds in report.overlaps
-    ]
-    gap = report.availabilityGap or 0.0
-    gapAt = report.availabilityGapAt
-    exits = collections.Counter(str(code) for _, _, code in verdict.exits)
-    result = {
-        "seed": options.seed,
-        "nodes": options.nodes,
-        "duration_s": options.duration,
-        "elapsed_s": round(elapsed, 1),
-        "ttl_ms": options.ttl,
-        "faults": dict(sorted(byKind.items())),
-        "faults_total": sum(byKind.values()),
-        "skipped": dict(sorted(skipped.items())),
-        "runs": len(report.runs),
-        "overlaps": {
-            "count": len(overlaps),
-            "total_ms": round(sum(o["ms"] for o in overlaps), 1),
-            "list": overlaps,
-            "crowded_samples": report.crowdedSamples,
-            "uncertain": [
-                {"pids": [a, b], "ms_at_most": round(s * 1000, 1)} for a, b, s in report.uncertainOverlaps
-            ],
-        },
-        "worst_gap": {
-            "ms": round(gap * 1000),
-            "bound_ms": round(verdict.bound * 1000),
-            "ok": verdict.availabilityOk,
-            "at": [round(x, 3) for x in gapAt] if gapAt else None,
-            "after": faultBefore(gapAt[0]) if gapAt else None,
-        },
-        "fencing_violations": [
-            {"earlier": {"pid": a.pid, "node": a.node, "token": a.token},
-             "later": {"pid": b.pid, "node": b.node, "token": b.token},
-             "after": faultBefore(b.start)}
-            for a, b in report.tokenViolations
-        ],
-        "outlived": [
-            {"pid": run.pid, "node": run.node, "node_exit": round(exitedAt, 3), "alive_until": round(end, 3)}
-            for run, exitedAt, end in verdict.outlived
-        ],
-        "node_exits": dict(sorted(exits.items())),
-        "tracebacks": verdict.tracebacks,
-        "unrecovered": [{"step": e["step"], "kind": e["kind"]} for e in chaos.unrecovered],
-        "harness_errors": [{"step": e["step"], "kind": e["kind"], "error": e["error"]} for e in chaos.harnessErrors],
-        "fault_log": chaos.faultLog,
-        "directory": cluster.directory,
-    }
-    result["ok"] = verdict.ok() and not chaos.unrecovered and not chaos.harnessErrors
-    return result
-
-
-def verdictRows(result):
+def redisServerOf(parser, options):
     """
-    The summary table's last rows: what outlived the run, node exits,
-    tracebacks, faults without recovery, harness errors, and the verdict.
+    The server binary the soak starts (C{--redis-server}, else the tests'
+    choice), as its path and what its C{--version} says.
     """
-    return [
-        ("runs outliving their node", len(result["outlived"])),
-        ("leftover processes after the nodes stopped", len(result.get("leftovers", []))),
-        ("node exits by code", " ".join(f"{code}:{n}" for code, n in result["node_exits"].items()) or "-"),
-        ("tracebacks in logs", len(result["tracebacks"])),
-        ("faults without recovery", len(result["unrecovered"])),
-        ("harness errors", len(result["harness_errors"])),
-        ("verdict", "OK" if result["ok"] else "FAILED"),
-    ]
-
-
-def incidentLines(result):
-    """
-    The report's lines for each overlap and each token that went back.
-    """
-    lines = []
-    for overlap in result["overlaps"]["list"]:
-        lines.append(
-            f"  overlap {overlap['ms']} ms: pids {overlap['pids']} on {overlap['nodes']} at {overlap['at']}"
-            f", after {overlap['after']}; of the earlier run, alive after the later started: {overlap['earlier_alive']}"
-        )
-    for violation in result["fencing_violations"]:
-        lines.append(
-            f"  token went back: {violation['earlier']['token']} ({violation['earlier']['node']}) then"
-            f" {violation['later']['token']} ({violation['later']['node']}), after {violation['after']}"
-        )
-    return lines
-
-
-def render(result):
-    rows = [("fault", "injected", "skipped")]
-    for kind in sorted(KINDS):
-        rows.append((kind, result["faults"].get(kind, 0), result["skipped"].get(kind, 0)))
-    rows.append(("total", result["faults_total"], sum(result["skipped"].values())))
-    gap = result["worst_gap"]
-    summary = [
-        ("check", "result"),
-        ("runs of the command", result["runs"]),
-        ("overlaps", f"{result['overlaps']['count']} ({result['overlaps']['total_ms']:.1f} ms in all)"),
-        ("samples with two runs alive", result["overlaps"]["crowded_samples"]),
-        ("possible overlaps (sampling uncertainty)", len(result["overlaps"]["uncertain"])),
-        ("worst gap while Redis reachable", f"{gap['ms']} ms vs bound {gap['bound_ms']} ms"
-         f" {'ok' if gap['ok'] else 'BREACHED'}" + (f", after {gap['after']}" if gap["after"] else "")),
-        ("fencing violations", len(result["fencing_violations"])),
-    ] + verdictRows(result)
-    lines = [
-        f"seed {result['seed']}, {result['nodes']} nodes, {result['elapsed_s']} s, TTL {result['ttl_ms']} ms,"
-        f" containment {result.get('containment', 'auto')}",
-        "",
-        _table(rows),
-        "",
-        _table(summary),
-    ]
-    lines += incidentLines(result)
-    for run in result["outlived"]:
-        lines.append(f"  run {run['pid']} of {run['node']} alive until {run['alive_until']}, node exited {run['node_exit']}")
-    return "\n".join(lines)
+    if options.redis_server:
+        path = shutil.which(options.redis_server)
+        if path is None:
+            parser.error(f"--redis-server {options.redis_server}: not an executable file")
+        os.environ[SERVER_VARIABLE] = os.path.abspath(path)
+    try:
+        path = findRedisServer()
+    except RuntimeError as e:
+        parser.error(str(e))
+    try:
+        version = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired) as e:
+        parser.error(f"{path} --version: {e}")
+    return {"path": path, "version": version or "?"}
 
 
 def main(argv=None):
@@ -513,6 +147,12 @@ def main(argv=None):
                         help="the nodes' containment (default auto)")
     parser.add_argument("--plan", type=int, default=None, metavar="N",
                         help="print the seed's first N steps and exit")
+    own = parser.add_argument_group("your own Redis and settings (see docs/soak.md)")
+    own.add_argument("--redis-server", default=None, metavar="PATH",
+                     help="the redis-server (or valkey-server) binary to run the soak on (default: the one on"
+                          " PATH, else the embedded extra's)")
+    own.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help=f"a node setting, as in the ini file (repeatable): {', '.join(SETTABLE)}")
     replicated = parser.add_argument_group("replicated Redis (beatcop.testing.faults.failovers)")
     replicated.add_argument("--topology", default="single", choices=("single", "sentinel", "cluster"),
                             help="one server (default), a master with two replicas behind three sentinels,"
@@ -531,26 +171,29 @@ def main(argv=None):
         options.seed = random.SystemRandom().randrange(1, 10**6)
     if options.ttl is None:
         options.ttl = 1500 if options.topology == "single" else 3000
+    options.beatcopSettings, options.redisSettings = settingsOf(parser, options)
+    if options.plan is None:
+        options.server = redisServerOf(parser, options)
     if options.topology != "single":
         if not 2 <= options.nodes <= 10:
             parser.error("--nodes must be between 2 and 10")
-        from .failovers import runFailovers
-
         return runFailovers(options)
     if options.plan is not None:
         return printPlan(options)
     if not 2 <= options.nodes <= 10:
         parser.error("--nodes must be between 2 and 10")
-    replyTimeoutMs = min(1000, options.ttl // 5)
+    replyTimeoutMs = int(options.redisSettings.get("reply_timeout", min(1000, options.ttl // 5)))
 
     print(f"chaos: seed {options.seed}, {options.nodes} nodes, {options.duration:g} s, TTL {options.ttl} ms",
           flush=True)
+    print(f"server: {options.server['path']} ({options.server['version']})", flush=True)
     directory = tempfile.mkdtemp(prefix="bchaos-")
     redis = startRedisServer()
     try:
         cluster = FaultCluster(
             directory, redis, ttl=options.ttl, recorderOptions=recorderOptionsOf(options),
-            restartDelay=options.restart_delay, containment=options.containment,
+            redisOptions=options.redisSettings or None, restartDelay=options.restart_delay,
+            containment=options.containment, **options.beatcopSettings,
         )
     except BaseException:
         redis.stop()
@@ -566,46 +209,6 @@ def main(argv=None):
     return finish(result, options, directory)
 
 
-def printPlan(options, table=None):
-    """
-    Print the seed's first C{--plan} steps, one JSON object a line.
-
-    @return: the exit code.
-    """
-    for step in plan(options.seed, options.plan, table):
-        print(json.dumps(step))
-    return 0
-
-
-def recorderOptionsOf(options):
-    """
-    The recorder's options: one grandchild (ignoring SIGTERM with
-    C{--grandchildren-ignore-term}) and, unless C{--no-daemon}, a daemon.
-    """
-    recorderOptions = ("--fork", "1") + (("--fork-ignore-term",) if options.grandchildren_ignore_term else ())
-    if not options.no_daemon:
-        recorderOptions += ("--daemonize",)
-    return recorderOptions
-
-
-def finish(result, options, directory):
-    """
-    After the report: the result as JSON (C{--json}), and the work
-    directory kept (C{--keep}, or a failed run) or removed.
-
-    @return: the exit code.
-    """
-    if options.json:
-        with open(options.json, "w") as f:
-            json.dump(result, f, indent=2, default=str)
-        print(f"\nJSON written to {options.json}")
-    if options.keep or not result["ok"]:
-        print(f"logs and history kept in {directory}  (reproduce: --seed {options.seed})")
-    else:
-        shutil.rmtree(directory, ignore_errors=True)
-    return 0 if result["ok"] else 1
-
-
 def _soak(cluster, redis, options, replyTimeoutMs):
     def heal():
         for node in cluster.nodes:
@@ -617,67 +220,6 @@ def _soak(cluster, redis, options, replyTimeoutMs):
 
     chaos = Chaos(cluster, options.ttl, replyTimeoutMs, log=lambda text: print(text, flush=True))
     return soak(cluster, chaos, options, summarize, startTimeout=30, heal=heal)
-
-
-def soak(cluster, chaos, options, summarizer, table=None, startTimeout=30, healAfterError=True, heal=None):
-    """
-    The soak itself: start the nodes, inject the seed's faults (drawn from
-    C{table}) for C{--duration} seconds, each followed by the wait for the
-    command to run again and the pause, then heal (C{heal}, by default
-    C{chaos.healEverything}), stop the nodes and judge.
-
-    @param summarizer: (cluster, chaos, options, verdict, elapsed) -> the
-        result.
-    @param healAfterError: heal everything at once after a harness error.
-    @return: the result.
-    """
-    began = time.monotonic()
-    interrupted = False
-    try:
-        cluster.startNodes(options.nodes)
-        cluster.waitForStarts(1, timeout=startTimeout)
-        began = time.monotonic()
-        for step in plan(options.seed, 10**9, table):
-            if time.monotonic() - began >= options.duration:
-                break
-            try:
-                entry = chaos.run(step)
-            except Exception:
-                # A harness failure is reported, not a reason to lose the
-                # run: heal everything (or leave it to waitRecovery) and go on.
-                entry = dict(step, t=round(time.monotonic(), 3), target=None, error=traceback.format_exc())
-                chaos.faultLog.append(entry)
-                chaos.harnessErrors.append(entry)
-                print(f"  step {step['step']}: harness error\n{entry['error']}", flush=True)
-                if healAfterError:
-                    chaos.healEverything()
-            print(
-                f"[{time.monotonic() - began:7.1f}s] step {step['step']:4d} {step['kind']:<30}"
-                f" {entry.get('target') or ''} {entry.get('skipped') or ''}"
-                f"{' failover %ss' % entry['failover_s'] if entry.get('failover_s') else ''}",
-                flush=True,
-            )
-            chaos.waitRecovery(entry, cluster.bound + 10)
-            time.sleep(step["pause"])
-        # Observe the healed cluster a little before the verdict.
-        time.sleep(1.0)
-    except KeyboardInterrupt:
-        interrupted = True
-        print("interrupted: reporting what ran so far", flush=True)
-    finally:
-        try:
-            os.unlink(chaos.switch)
-        except OSError:
-            pass
-        (heal or chaos.healEverything)()
-    verdict = cluster.verdict()
-    result = summarizer(cluster, chaos, options, verdict, time.monotonic() - began)
-    result["interrupted"] = interrupted
-    # Stopped cleanly at the end, the nodes leave nothing of any run behind.
-    result["leftovers"] = cluster.stopCleanly()
-    result["ok"] = result["ok"] and not result["leftovers"]
-    result["containment"] = options.containment
-    return result
 
 
 if __name__ == "__main__":

@@ -63,9 +63,9 @@ import tempfile
 import time
 import traceback
 
-from .chaos import (
-    Chaos, _table, finish, incidentLines, printPlan, recorderOptionsOf, soak, summarize, verdictRows,
-)
+from .kinds import Chaos
+from .report import incidentLines, setupLines, summarize, textTable, verdictRows
+from .soak import finish, printPlan, recorderOptionsOf, soak
 from .replicated import ClusterTopology, ReplicatedFaultCluster, SentinelTopology
 from ..processes import waitUntil
 
@@ -368,10 +368,12 @@ def makeTopology(options, directory):
 
 
 def redisOptionsFor(options, ttl):
-    replyTimeout = min(1000, ttl // 5)
+    settings = dict(getattr(options, "redisSettings", None) or {})
+    replyTimeout = int(settings.get("reply_timeout", min(1000, ttl // 5)))
     redisOptions = {"reply_timeout": replyTimeout}
     if options.wait_replicas:
         redisOptions.update(wait_replicas=options.wait_replicas, wait_timeout=replyTimeout // 2)
+    redisOptions.update(settings)
     return redisOptions
 
 
@@ -448,10 +450,11 @@ def renderFailovers(result):
     lines = [
         f"{result['topology']}, wait_replicas {result['wait_replicas']}, {minReplicas}; seed {result['seed']},"
         f" {result['nodes']} nodes, {result['elapsed_s']} s, TTL {result['ttl_ms']} ms",
+    ] + setupLines(result) + [
         "",
-        _table(rows),
+        textTable(rows),
         "",
-        _table(summary),
+        textTable(summary),
     ]
     lines += incidentLines(result)
     for what, key in (("STALE WRITE ACCEPTED", "accepted_stale"), ("token reused by another holder", "shared_tokens")):
@@ -496,11 +499,19 @@ def runFailovers(options):
         table = {kind: FAILOVER_KINDS[kind] for kind in options.kinds}
     if options.plan is not None:
         return printPlan(options, table)
+    try:
+        import redis  # noqa: F401  (the harness watches the servers with redis-py)
+    except ImportError:
+        raise SystemExit("the replicated soak needs redis-py: pip install 'beatcop[soak]'") from None
     ttl = options.ttl
-    replyTimeoutMs = min(1000, ttl // 5)
+    redisOptions = redisOptionsFor(options, ttl)
+    replyTimeoutMs = redisOptions["reply_timeout"]
     print(f"chaos: {options.topology}, wait_replicas {options.wait_replicas}, min-replicas-to-write"
           f" {options.min_replicas_to_write}; seed {options.seed}, {options.nodes} nodes, {options.duration:g} s,"
           f" TTL {ttl} ms", flush=True)
+    server = getattr(options, "server", None)
+    if server:
+        print(f"server: {server['path']} ({server['version']})", flush=True)
     directory = tempfile.mkdtemp(prefix="bfail-")
     topology = makeTopology(options, directory)
     cluster = None
@@ -509,8 +520,9 @@ def runFailovers(options):
         cluster = ReplicatedFaultCluster(
             directory, topology, ttl=ttl, recorderOptions=recorderOptionsOf(options),
             restartDelay=options.restart_delay,
-            containment=options.containment, redisOptions=redisOptionsFor(options, ttl),
+            containment=options.containment, redisOptions=redisOptions,
             overlapsAllowed=options.wait_replicas == 0 and not options.strict,
+            **(getattr(options, "beatcopSettings", None) or {}),
         )
         result = _soak(cluster, options, replyTimeoutMs, table)
     finally:
