@@ -420,6 +420,8 @@ class Report:
     # least one node could reach Redis, and where it was (from, to).
     availabilityGap: float = None
     availabilityGapAt: tuple = None
+    # Every gap without a run: [(seconds counted, (from, to))].
+    gaps: list = field(default_factory=list)
     orphans: dict = field(default_factory=dict)
     # run -> {pid: [first, last] seen alive} (with a sampler)
     seenPids: dict = field(default_factory=dict)
@@ -512,26 +514,35 @@ def _measure(a, b, windows):
     return total
 
 
-def availability(runs, unavailable, until, endOf=lambda run: run.end):
+def gaps(runs, unavailable, until, endOf=lambda run: run.end):
     """
-    The longest stretch without a run, not counting the times in
-    C{unavailable} (windows when no node could reach Redis, so that nothing
-    may run), between the first start and C{until}.
+    Every stretch without a run between the first start and C{until}, each
+    with how long it counts: its length less the times in C{unavailable}
+    (windows when no node could reach Redis, so that nothing may run).
 
-    @return: C{(seconds, (gap from, gap to))}.
+    @return: C{[(seconds counted, (gap from, gap to))]}, in time order.
     """
     ordered = sorted((run for run in runs if run.start is not None), key=lambda run: run.start)
     if not ordered:
-        return 0.0, None
+        return []
     spans = _covered(ordered, endOf, until)
-    gaps = [(x[1], y[0]) for x, y in zip(spans, spans[1:])] + [(spans[-1][1], until)]
+    found = []
+    for a, b in [(x[1], y[0]) for x, y in zip(spans, spans[1:])] + [(spans[-1][1], until)]:
+        if b > a:
+            found.append(((b - a) - _measure(a, b, unavailable), (a, b)))
+    return found
+
+
+def availability(runs, unavailable, until, endOf=lambda run: run.end):
+    """
+    The longest stretch without a run (see L{gaps}).
+
+    @return: C{(seconds, (gap from, gap to))}.
+    """
     best, where = 0.0, None
-    for a, b in gaps:
-        if b <= a:
-            continue
-        counted = (b - a) - _measure(a, b, unavailable)
+    for counted, span in gaps(runs, unavailable, until, endOf):
         if counted > best:
-            best, where = counted, (a, b)
+            best, where = counted, span
     return best, where
 
 
@@ -627,7 +638,7 @@ def check(historyPath, sampler=None, until=None, certain=False, unavailable=None
         report.store = storeReport(store, ordered)
     if unavailable is not None:
         # Conservative: a SIGKILLed run ends when it was last seen alive.
-        report.availabilityGap, report.availabilityGapAt = availability(
-            ordered, unavailable, until, certainEnd if certain else (lambda run: run.end)
-        )
+        report.gaps = gaps(ordered, unavailable, until, certainEnd if certain else (lambda run: run.end))
+        report.availabilityGap, report.availabilityGapAt = max(report.gaps, default=(0.0, None),
+                                                               key=lambda gap: gap[0])
     return report

@@ -58,7 +58,7 @@ import tempfile
 
 from .cluster import FaultCluster
 from .failovers import runFailovers
-from .kinds import Chaos
+from .kinds import KINDS, Chaos
 from .report import render, summarize
 from .soak import finish, printPlan, recorderOptionsOf, soak
 from ..processes import writeConfig
@@ -153,6 +153,8 @@ def main(argv=None):
                           " PATH, else the embedded extra's)")
     own.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help=f"a node setting, as in the ini file (repeatable): {', '.join(SETTABLE)}")
+    parser.add_argument("--kinds", nargs="+", default=None, metavar="KIND",
+                        help="inject only these fault kinds (default: all of the topology's, by their weights)")
     replicated = parser.add_argument_group("replicated Redis (beatcop.testing.faults.failovers)")
     replicated.add_argument("--topology", default="single", choices=("single", "sentinel", "cluster"),
                             help="one server (default), a master with two replicas behind three sentinels,"
@@ -162,8 +164,6 @@ def main(argv=None):
                             help="the servers' min-replicas-to-write (default 0: not set)")
     replicated.add_argument("--min-replicas-max-lag", type=int, default=2,
                             help="the servers' min-replicas-max-lag in s, with --min-replicas-to-write (default 2)")
-    replicated.add_argument("--kinds", nargs="+", default=None, metavar="KIND",
-                            help="inject only these fault kinds")
     replicated.add_argument("--strict", action="store_true",
                             help="fail on overlaps even with wait_replicas = 0 (where they are measured)")
     options = parser.parse_args(argv)
@@ -178,8 +178,15 @@ def main(argv=None):
         if not 2 <= options.nodes <= 10:
             parser.error("--nodes must be between 2 and 10")
         return runFailovers(options)
+    table = KINDS
+    if options.kinds:
+        unknown = set(options.kinds) - set(KINDS)
+        if unknown:
+            parser.error(f"unknown fault kinds: {', '.join(sorted(unknown))} (known: {', '.join(sorted(KINDS))})")
+        table = {kind: KINDS[kind] for kind in options.kinds}
+    options.table = table
     if options.plan is not None:
-        return printPlan(options)
+        return printPlan(options, table)
     if not 2 <= options.nodes <= 10:
         parser.error("--nodes must be between 2 and 10")
     replyTimeoutMs = int(options.redisSettings.get("reply_timeout", min(1000, options.ttl // 5)))
@@ -219,7 +226,7 @@ def _soak(cluster, redis, options, replyTimeoutMs):
             pass
 
     chaos = Chaos(cluster, options.ttl, replyTimeoutMs, log=lambda text: print(text, flush=True))
-    return soak(cluster, chaos, options, summarize, startTimeout=30, heal=heal)
+    return soak(cluster, chaos, options, summarize, table=options.table, startTimeout=30, heal=heal)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,12 @@ FAILOVER_KINDS = {
     "kill9_holder": 1,
     "sigterm_holder": 1,
     "sigstop_holder": 1,
+    # BeatCop dying on a live host, on a replicated Redis: its guard
+    # releases on the master BeatCop told it of last (see beatcop.kinds).
+    "kill9_holder_and_guard": 1,
+    "kill9_holder_then_guard": 1,
+    "kill9_cut_off_holder": 1,
+    "sigstop_then_kill9_holder": 1,
 }
 
 # Faults done to the topology: from their start until a master can serve a
@@ -92,9 +98,13 @@ TOPOLOGY_FAULTS = {
 
 NEEDS_HOLDER = {
     "partition_master_with_holder", "cut_holder_master", "kill9_holder", "sigterm_holder", "sigstop_holder",
+    "kill9_holder_and_guard", "kill9_holder_then_guard", "kill9_cut_off_holder", "sigstop_then_kill9_holder",
 }
 
-ENDS_THE_RUN = {"kill9_holder", "sigterm_holder"}
+ENDS_THE_RUN = {
+    "kill9_holder", "sigterm_holder", "kill9_holder_and_guard", "kill9_holder_then_guard", "kill9_cut_off_holder",
+    "sigstop_then_kill9_holder",
+}
 
 # Seconds: how long a failover may take before the harness gives up on it.
 FAILOVER_TIMEOUT = 25.0

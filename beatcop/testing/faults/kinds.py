@@ -14,6 +14,7 @@ import signal
 import time
 
 from .cluster import commandGuardOf
+from ..history import scanRuns
 from ..processes import waitUntil
 
 # kind -> weight
@@ -36,13 +37,24 @@ KINDS = {
     "sigterm_holder": 2,
     "kill_standby": 2,
     "restart_all": 1,
+    # BeatCop dies on a live host (its guard releases), and what can get in
+    # the way: its guard killed with it or during the release, Redis out of
+    # reach at that moment, a lease already lost while it was frozen.
+    "kill9_holder_and_guard": 2,
+    "kill9_holder_then_guard": 1,
+    "kill9_cut_off_holder": 1,
+    "sigstop_then_kill9_holder": 1,
+    # A crash nobody can release (its network gone) right after the first
+    # standby in line was restarted under a new id.
+    "restart_first_standby_then_cut_holder": 2,
 }
 
 # Faults after which the run they hit must be gone before the command counts
 # as running again.
 ENDS_THE_RUN = {
     "kill9_holder", "kill9_holder_group", "kill9_guard", "child_crash", "child_ignores_term_clean_stop",
-    "sigterm_holder", "restart_all",
+    "sigterm_holder", "restart_all", "kill9_holder_and_guard", "kill9_holder_then_guard", "kill9_cut_off_holder",
+    "sigstop_then_kill9_holder",
 }
 
 
@@ -266,6 +278,114 @@ class Chaos:
         entry["target"] = "all"
         for node in self.cluster.nodes:
             self.cluster.kill(node, sig)
+
+    def kill9_holder_and_guard(self, step, holder, start, duration, entry):
+        # Nothing of the node is left to release: BeatCop, its guard and the
+        # run, all at the same instant, as systemctl kill, the OOM killer
+        # taking the unit's cgroup, or a container whose PID 1 died do.  The
+        # supervisor restarts the node, which proves the holder dead and
+        # releases for it (see beatcop.neighbours).
+        guard = commandGuardOf(holder)
+        if guard is None:
+            entry["skipped"] = "no guard"
+            return
+        key = start.get("run", start["pid"])
+        run = [pid for runKey, pid, _ in scanRuns(self.cluster.history, environ=True) if runKey == key]
+        self.cluster.fault(f"SIGKILL {holder.name}, its lease guard {guard} and its run {run} together")
+        self.cluster.kill(holder, signal.SIGKILL)
+        for pid in [guard, *run]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def kill9_holder_then_guard(self, step, holder, start, duration, entry):
+        # The guard killed while it releases: BeatCop dies, the guard kills
+        # the run, and is killed itself as the run is gone (with the release
+        # sent, in flight, or not yet).  Either it released, or the node's
+        # restart does.
+        guard = commandGuardOf(holder)
+        if guard is None:
+            entry["skipped"] = "no guard"
+            return
+        self.cluster.kill(holder, signal.SIGKILL)
+        try:
+            waitUntil(lambda: not self.cluster.treeAlive(start), 5, interval=0.0005, what="the run to die")
+        except AssertionError:
+            entry["skipped"] = "the run outlived its guard's containment"
+            return
+        entry["guard_after_ms"] = round((time.monotonic() - entry["t"]) * 1000, 1)
+        self.cluster.fault(f"SIGKILL the lease guard {guard} of {holder.name} as it releases")
+        try:
+            os.kill(guard, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def kill9_cut_off_holder(self, step, holder, start, duration, entry):
+        # Redis out of the guard's reach as BeatCop dies: the release fails
+        # (said on the node's log), the lease expires as before.
+        entry["seconds"] = round(duration, 3)
+        self.cluster.cut(holder, "blackhole")
+        try:
+            self.cluster.hold(holder)  # no restart while cut off
+            self.cluster.kill(holder, signal.SIGKILL)
+            time.sleep(duration)
+        finally:
+            self.cluster.cut(holder, "pass")
+            self.cluster.release(holder)
+
+    def sigstop_then_kill9_holder(self, step, holder, start, duration, entry):
+        # Frozen past its lease (its guard kills the command at the deadline,
+        # another node takes over), then killed: the lease is someone
+        # else's, and nobody may release it.
+        duration = self.ttl * (1.2 + step["factor"])
+        entry["seconds"] = round(duration, 3)
+        self.cluster.freeze(holder)
+        try:
+            time.sleep(duration)
+        finally:
+            self.cluster.kill(holder, signal.SIGKILL)
+            self.cluster.thaw(holder)
+
+    def restart_first_standby_then_cut_holder(self, step, holder, start, duration, entry):
+        first = self.firstInLine(holder)
+        if first is None:
+            entry["skipped"] = "no standby in line"
+            return
+        sig = signal.SIGTERM if step["flag"] else signal.SIGKILL
+        entry["restarted"] = f"{first.name} ({signal.Signals(sig).name})"
+        since = time.monotonic()
+        self.cluster.kill(first, sig)
+        try:
+            self.cluster.waitExit(first, since, 10)
+            self.cluster.waitReady(first)
+        except AssertionError as e:
+            entry["skipped"] = f"the first standby did not come back: {e}"
+            return
+        # a moment for the line to settle (or not): 0.1 to 2 leases
+        time.sleep(self.ttl * (0.1 + 1.9 * step["factor"]))
+        self._cut(holder, "blackhole", duration, entry)
+
+    def firstInLine(self, holder):
+        """
+        The standby first in line now (the smallest id of the live
+        standbys' registry entries), or C{None}.
+        """
+        from ...protocol import LockKeys, decodeEntry
+
+        client = self.cluster.redis.client()
+        registry = client.hgetall(LockKeys.of(self.cluster.lockName).registry)
+        holderId = client.get(self.cluster.lockName)
+        ids = sorted(
+            nodeId for nodeId, value in registry.items()
+            if nodeId != holderId and getattr(decodeEntry(value), "state", None) == "standby"
+        )
+        for nodeId in ids:
+            pid = int(nodeId.split(":")[1]) if nodeId.count(":") >= 2 else None
+            node = next((node for node in self.standbys(holder) if node.pid == pid), None)
+            if node is not None:
+                return node
+        return None
 
     # -- between faults ------------------------------------------------
 

@@ -8,6 +8,9 @@ import collections
 
 from .kinds import KINDS
 
+# Seconds between the history sampler's looks, and then some.
+SAMPLING_SLACK = 0.05
+
 
 def textTable(rows):
     """
@@ -41,6 +44,15 @@ def summarize(cluster, chaos, options, verdict, elapsed):
     ]
     gap = report.availabilityGap or 0.0
     gapAt = report.availabilityGapAt
+    # The worst gap after each kind of fault (the last one before the gap;
+    # a run killed ends, for the checker, when a sample last saw it alive,
+    # which may be a few ms before the fault's entry was stamped).
+    worstByKind = {}
+    for counted, (a, _) in report.gaps:
+        before = [entry for entry in chaos.faultLog if entry["t"] <= a + SAMPLING_SLACK and not entry.get("skipped")]
+        if before:
+            kind = before[-1]["kind"]
+            worstByKind[kind] = max(worstByKind.get(kind, 0.0), counted)
     exits = collections.Counter(str(code) for _, _, code in verdict.exits)
     result = {
         "seed": options.seed,
@@ -49,6 +61,11 @@ def summarize(cluster, chaos, options, verdict, elapsed):
         "elapsed_s": round(elapsed, 1),
         "ttl_ms": options.ttl,
         "faults": dict(sorted(byKind.items())),
+        "worst_gap_ms_by_kind": {kind: round(seconds * 1000) for kind, seconds in sorted(worstByKind.items())},
+        "longest_gaps": [
+            {"ms": round(counted * 1000), "at": [round(a, 3), round(b, 3)], "after": faultBefore(a + SAMPLING_SLACK)}
+            for counted, (a, b) in sorted(report.gaps, key=lambda gap: -gap[0])[:10]
+        ],
         "faults_total": sum(byKind.values()),
         "skipped": dict(sorted(skipped.items())),
         "runs": len(report.runs),
@@ -137,10 +154,11 @@ def setupLines(result):
 
 
 def render(result):
-    rows = [("fault", "injected", "skipped")]
+    rows = [("fault", "injected", "skipped", "worst gap after it (ms)")]
+    byKind = result.get("worst_gap_ms_by_kind", {})
     for kind in sorted(KINDS):
-        rows.append((kind, result["faults"].get(kind, 0), result["skipped"].get(kind, 0)))
-    rows.append(("total", result["faults_total"], sum(result["skipped"].values())))
+        rows.append((kind, result["faults"].get(kind, 0), result["skipped"].get(kind, 0), byKind.get(kind, "-")))
+    rows.append(("total", result["faults_total"], sum(result["skipped"].values()), max(byKind.values(), default="-")))
     gap = result["worst_gap"]
     summary = [
         ("check", "result"),
