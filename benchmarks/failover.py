@@ -38,6 +38,7 @@ C{procfs}, C{stats}).
 import argparse
 import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -52,11 +53,12 @@ from benchlib.run import Processes, Run
 from benchlib.startup import ColdStarts
 from benchlib.stats import fmt, summarize
 from benchlib.steady import SteadyState
+from benchlib.crashes import Crashes
 from benchlib.takeovers import Takeovers
 from beatcop.testing.redis import startRedisServer
 
 
-class FailoverRun(ColdStarts, SteadyState, Takeovers, Run):
+class FailoverRun(ColdStarts, SteadyState, Takeovers, Crashes, Run):
     """
     One implementation's failover benchmark: the phases in order (L{run}),
     then their summary (L{summary}), whose keys the table's L{ROWS} name.
@@ -96,6 +98,13 @@ class FailoverRun(ColdStarts, SteadyState, Takeovers, Run):
         rounds = r.get("rounds", [])
         handovers = [x["handover"] for x in rounds if "error" not in x.get("handover", {"error": 1})]
         crashes = [x["crash"] for x in rounds if "error" not in x.get("crash", {"error": 1})]
+
+        def done(name):
+            return [x[name] for x in rounds if "error" not in x.get(name, {"error": 1})]
+
+        alone = statistics.median(r["command_alone"]) if r.get("command_alone") else None
+        processCrashes = done("process_crash")
+        afterRestart = done("crash_after_standby_restart")
         cold = r.get("cold_start", [])
         steady = r.get("steady") or {}
         nodes = steady.get("nodes", {})
@@ -124,6 +133,20 @@ class FailoverRun(ColdStarts, SteadyState, Takeovers, Run):
             "crash_pttl_at_kill_ms": summarize([c["pttl_at_kill_ms"] for c in crashes]),
             "crash_burst_10ms": summarize([c["standby_burst_after_expiry"]["commands_10ms"] for c in crashes]),
             "crash_burst_100ms": summarize([c["standby_burst_after_expiry"]["commands_100ms"] for c in crashes]),
+            "process_crash_ms": summarize([c["kill_to_new_start_ms"] for c in processCrashes]),
+            "process_crash_share_ms": summarize(
+                [c["kill_to_new_start_ms"] - alone for c in processCrashes] if alone is not None else []
+            ),
+            "process_crash_release_ms": summarize(
+                [c["kill_to_release_ms"] for c in processCrashes if c["kill_to_release_ms"] is not None]
+            ),
+            "process_crash_orphans": summarize([1.0 if c["command_outlived_its_node"] else 0.0 for c in processCrashes]),
+            "unit_crash_ms": summarize([c["kill_to_new_start_ms"] for c in done("unit_crash")]),
+            "unit_crash_after_restart_ms": summarize([c["restart_to_new_start_ms"] for c in done("unit_crash")]),
+            "restarted_standby_crash_ms": summarize([c["expiry_to_new_start_ms"] for c in afterRestart]),
+            "restarted_standby_crash_acquire_ms": summarize(
+                [c["expiry_to_acquire_ms"] for c in afterRestart if c["expiry_to_acquire_ms"] is not None]
+            ),
             "redis_cmds_per_s": summarize([b["total"] for b in buckets]),
             "holder_cmds_per_s": summarize([b["holder"] for b in buckets]),
             "standbys_cmds_per_s": summarize([b["standbys"] for b in buckets]),
@@ -139,6 +162,10 @@ class FailoverRun(ColdStarts, SteadyState, Takeovers, Run):
             "holder_cpu_percent": summarize([n["cpu_percent"] for n in holderNodes]),
         }
         return s
+
+
+# What a round can do (--scenarios), in this order by default.
+SCENARIOS = ("handover", "crash", "process_crash", "unit_crash", "crash_after_standby_restart")
 
 
 # -- the table ---------------------------------------------------------------
@@ -176,6 +203,38 @@ ROWS = [
     ("crash_burst_10ms", "  standby cmds <=10 ms after expiry", "cmds", "", None),
     ("crash_burst_100ms", "  standby cmds <=100 ms after expiry", "cmds", "", None),
     ("crash_standby_cpu_ms", "  other standbys' CPU, all, during it", "ms", "", None),
+    (
+        "process_crash_ms",
+        "kill -9 of the node alone -> new start",
+        "ms",
+        "<= 150 (median)",
+        lambda s: s["median"] <= 150,
+    ),
+    (
+        "process_crash_share_ms",
+        "  its share (the command's own start out)",
+        "ms",
+        "<= 50 (median)",
+        lambda s: s["median"] <= 50,
+    ),
+    ("process_crash_release_ms", "  of which kill -> lock released (DEL)", "ms", "", None),
+    ("process_crash_orphans", "  its command outlived it (1 = yes)", "", "0 (max)", lambda s: s["max"] == 0),
+    (
+        "unit_crash_ms",
+        "kill -9 of node+guard+cmd, restart -> start",
+        "ms",
+        "<= restart+1000",
+        None,
+    ),
+    ("unit_crash_after_restart_ms", "  of which restart -> new start", "ms", "<= 1000 (max)", lambda s: s["max"] <= 1000),
+    (
+        "restarted_standby_crash_ms",
+        "crash, 1st standby restarted: expiry->start",
+        "ms",
+        "<= 100 (max)",
+        lambda s: s["max"] <= 100,
+    ),
+    ("restarted_standby_crash_acquire_ms", "  of which expiry -> new acquire", "ms", "", None),
     ("redis_cmds_per_s", "steady: Redis client cmds/s (1-s buckets)", "cmd/s", "", None),
     ("holder_cmds_per_s", "  holder's cmds/s", "cmd/s", "", None),
     ("standbys_cmds_per_s", "  all standbys' cmds/s", "cmd/s", "", None),
@@ -243,6 +302,15 @@ def parseArguments(argv):
     parser.add_argument(
         "--pause", type=float, default=1.2, help="least seconds between events; a random 0..TTL is added (default 1.2)"
     )
+    parser.add_argument(
+        "--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS, metavar="SCENARIO",
+        help=f"what each round does, in order (default all: {', '.join(SCENARIOS)})",
+    )
+    parser.add_argument("--restart-after", type=float, default=1.0,
+                        help="unit_crash: seconds before the killed node is started again (default 1)")
+    parser.add_argument("--standby-restart-before", type=float, default=20.0,
+                        help="crash_after_standby_restart: seconds between the first standby's restart and the"
+                             " holder's crash (default 20)")
     addPeerArguments(parser, IMPLEMENTATIONS)
     parser.add_argument("--seed", type=int, default=None, help="seed of the random pauses")
     addWorkArguments(parser, "logs, history")

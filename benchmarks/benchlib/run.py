@@ -28,6 +28,25 @@ def killNodeGroup(node, sig=signal.SIGKILL):
         node.killGroup(sig)
 
 
+def killNodeTree(node):
+    """
+    The death of a node's whole tree at one instant (its host's, or its
+    unit's: C{systemctl kill}, the OOM killer taking the cgroup): the node,
+    its lease guards and the command, frozen first so that none can act on
+    the others' death (a guard releasing the lease), then killed.
+    """
+    if node.process is None or node.process.poll() is not None:
+        return
+    victims = [node.pid, *descendantsOf(node.pid, parentMap())]
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for pid in victims:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+    killNodeGroup(node)
+
+
 class Processes:
     """
     Every node process this run started, for the cleanup.

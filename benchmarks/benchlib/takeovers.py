@@ -1,8 +1,9 @@
 """
 The failover benchmark's rounds: a clean handover (SIGTERM to the holder)
-and a crash (SIGKILL of its process group), each measured on the
-command's own clock and on Redis's MONITOR, and what the standbys did
-around it.
+and a crash of its host (SIGKILL of its whole tree: node, guard, command,
+so that nobody can release), each measured on the command's own clock and
+on Redis's MONITOR, and what the standbys did around it; the other crashes
+are L{benchlib.crashes}'.
 """
 
 import os
@@ -13,7 +14,7 @@ import time
 from .monitor import isAcquisition, isRelease
 from .plumbing import BenchmarkError, log, sourceFingerprint, waitUntil
 from .procfs import cpuSeconds, descendantsOf, parentMap
-from .run import killNodeGroup
+from .run import killNodeTree
 from .stats import ms
 from beatcop.containment import processAlive
 
@@ -24,23 +25,28 @@ class Takeovers:
     """
 
     def round(self, index):
+        """
+        One round of each scenario asked for (C{--scenarios}): a clean
+        handover, the holder's host dying, and the crashes of
+        L{benchlib.crashes.Crashes}.
+        """
         result = {"round": index + 1, "loadavg": os.getloadavg(), "beatcop_sha1": sourceFingerprint(git=False)}
-        try:
-            self.pause()
-            result["handover"] = self.handover()
-        except BenchmarkError as e:
-            result["handover"] = {"error": str(e)}
-            self.result["errors"].append(f"round {index + 1} handover: {e}")
-            log(f"  handover failed: {e}")
-            self.recover()
-        try:
-            self.pause()
-            result["crash"] = self.crash()
-        except BenchmarkError as e:
-            result["crash"] = {"error": str(e)}
-            self.result["errors"].append(f"round {index + 1} crash: {e}")
-            log(f"  crash failed: {e}")
-            self.recover()
+        scenarios = {
+            "handover": self.handover,
+            "crash": self.crash,
+            "process_crash": self.processCrash,
+            "unit_crash": self.unitCrash,
+            "crash_after_standby_restart": self.crashAfterStandbyRestart,
+        }
+        for name in self.options.scenarios:
+            try:
+                self.pause()
+                result[name] = scenarios[name]()
+            except BenchmarkError as e:
+                result[name] = {"error": str(e)}
+                self.result["errors"].append(f"round {index + 1} {name}: {e}")
+                log(f"  {name} failed: {e}")
+                self.recover()
         return result
 
     def recover(self):
@@ -133,7 +139,7 @@ class Takeovers:
         before = len(self.history.poll())
         pipe = self.redis.pipeline(transaction=False)
         killed = time.monotonic()
-        killNodeGroup(old)
+        killNodeTree(old)
         # expiry = (monotonic time before sending PTTL) + PTTL.  Each reading
         # can only be early (by the time the command took to reach Redis:
         # right after the kill, the kernel tearing the group down can delay
