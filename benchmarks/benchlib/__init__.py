@@ -14,7 +14,9 @@ package are the commands), named for what they do:
     wait, find the holder, restart, stop, clean up);
   - the failover benchmark's phases, as mixins of its run: L{startup}
     (cold starts, the command alone), L{steady} (an idle cluster's cost),
-    L{takeovers} (clean handovers and crashes, round by round).
+    L{takeovers} (clean handovers and the host's death, round by round),
+    L{crashes} (the node's process alone killed, its whole tree killed and
+    restarted, the host's death after a standby's restart).
 
 Importing it puts the checkout first on C{sys.path}, so that the benchmarks
 measure the C{beatcop/} beside them (nodes started later import it anew).
