@@ -395,3 +395,18 @@ def redisLockHolder(cluster):
     import redis
 
     return redis.Redis.from_url(cluster.redisUrl, decode_responses=True).get(LOCK)
+
+
+def test_the_guard_loads_what_the_release_needs_only_to_release(redisServer, guards):
+    """
+    A guard is lean until BeatCop dies: no socket, TLS or JSON module in it
+    (their extension modules are not even mapped) while it runs the command.
+    """
+    holdLock(redisServer)
+    guard = guards(["sleep", "600"])
+    guard.tell(f"release {releaseMessage(redisServer)}")
+    guard.waitForStatus("started")
+    with open(f"/proc/{guard.process.pid}/maps") as f:
+        mapped = f.read()
+    for module in ("_socket", "_ssl", "_json"):
+        assert f"/{module}." not in mapped, f"{module} is loaded in the guard before any release"
