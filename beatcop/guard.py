@@ -433,10 +433,14 @@ class Guard:
             if pid == self.commandPid and self.status is None:
                 self.status = status
 
-    def contain(self):
+    def contain(self, meanwhile=None):
         """
         Kill everything the command started and wait until it is gone,
         before anything else happens: the guard's one duty.
+
+        @param meanwhile: called once the kill is sent, while the kernel
+            takes the processes down (work that must not delay the kill,
+            but is better done before the wait ends).
         """
         until = time.monotonic() + CONTAIN_WAIT
         killed = set()
@@ -444,6 +448,8 @@ class Guard:
             killed.update(killCgroup(self.cgroup, self.cgroupMethod))
         elif self.commandPid is not None:
             _killGroup(self.commandPid, SIGKILL)
+        if meanwhile is not None:
+            meanwhile()
         # Everything outside a cgroup (all of it without one) that is still
         # alive is our descendant and comes to us as its parents die: kill
         # our children, reap them, look again, until there are none.
@@ -490,7 +496,8 @@ class Guard:
             if control in readable:
                 self.readControl(control)
             self.reap()
-        self.contain()
+        # BeatCop gone: what the release needs is loaded while the run dies.
+        self.contain(meanwhile=self.prepareRelease if self.parentGone and self.leased else None)
         self.report(" ".join(["contained", *map(str, sorted(self.leftovers))]))
         status = self.status
         if status is None:  # killed by contain() and not reaped: it was SIGKILL
@@ -504,6 +511,17 @@ class Guard:
         return code
 
     # -- BeatCop died --------------------------------------------------------
+
+    _release = None
+
+    def prepareRelease(self):
+        """
+        Load L{beatcop.guardrelease} (a dozen milliseconds: C{importlib},
+        C{json}, C{socket}), once.
+        """
+        if self._release is None:
+            self._release = _releaseModule()
+        return self._release
 
     def releaseLease(self):
         """
@@ -522,7 +540,7 @@ class Guard:
             say("BeatCop died before it said how to reach Redis: leaving the lease to expire")
             return
         try:
-            released = _releaseModule().releaseFromMessage(self.releaseMessage)
+            released = self.prepareRelease().releaseFromMessage(self.releaseMessage)
         except Exception as e:  # whatever it is, the lease expires on its own
             say(f"could not release the lease of the dead BeatCop ({e}); it expires on its own")
             return
