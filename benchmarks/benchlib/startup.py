@@ -38,7 +38,8 @@ class ColdStarts:
             try:
                 start = self.history.waitFor(
                     lambda e: e["event"] == "start" and e["node"] == node.name,
-                    30,
+                    # (the first start waits one lease)
+                    30 + self.ttl,
                     f"{node.name}'s command to start",
                     since=before,
                 )
