@@ -29,6 +29,7 @@ import tempfile
 import time
 
 from .errors import EX_CONFIG, EX_OK, EX_SOFTWARE, BeatCopError
+from .testing.processes import killTree
 
 # One line: an ini value cannot hold newlines.
 _COMMAND = (
@@ -164,7 +165,7 @@ class _Demo:
         self.say(f"4. Killing {holder} with everything it started at once (its BeatCop, lease guard and command:"
                  f" a machine dies, nobody can release)...")
         killedAt = time.monotonic()
-        _killTree(self.nodes[holder].pid)
+        killTree(self.nodes[holder].pid)
         self.nodes[holder].wait(10)
         third, _ = self.waitFor(
             lambda s: s["held"] and s["holder"] != second["holder"],
@@ -225,31 +226,6 @@ class _Demo:
         if not self.keepLogs:
             shutil.rmtree(self.directory, ignore_errors=True)
         self.say("Done.")
-
-
-def _killTree(pid):
-    """
-    SIGKILL process C{pid} and every descendant at one instant (frozen
-    first, so that none acts on another's death), as a machine's death.
-    """
-    parents = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat", "rb") as f:
-                    parents[int(name)] = int(f.read().rsplit(b")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    tree, frontier = [pid], [pid]
-    while frontier:
-        frontier = [child for child, parent in parents.items() if parent in frontier]
-        tree += frontier
-    for sig in (signal.SIGSTOP, signal.SIGKILL):
-        for member in tree:
-            try:
-                os.kill(member, sig)
-            except OSError:
-                pass
 
 
 def runDemo(options, out=sys.stdout):

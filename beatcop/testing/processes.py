@@ -69,6 +69,32 @@ def waitUntil(predicate, timeout, interval=0.01, what="condition", error=Asserti
         time.sleep(interval)
 
 
+def killTree(pid):
+    """
+    SIGKILL process C{pid} and all its descendants at one instant, as its
+    machine's death would: every one is frozen first, so that none can act
+    on another's death (a lease guard releasing its lease), then killed.
+    """
+    parents = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    parents[int(name)] = int(f.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    tree, frontier = [pid], {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier}
+        tree.extend(frontier)
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for member in tree:
+            try:
+                os.kill(member, sig)
+            except OSError:
+                pass
+
+
 def readLog(path):
     """
     A process's log as it is so far ("" before it has one).

@@ -16,6 +16,7 @@ from .plumbing import BenchmarkError, tail, waitUntil
 from .procfs import descendantsOf, parentMap, redisPortsByPid
 from beatcop.containment import processAlive
 from beatcop.testing.history import recorderPids
+from beatcop.testing.processes import killTree
 
 
 def killNodeGroup(node, sig=signal.SIGKILL):
@@ -32,18 +33,11 @@ def killNodeTree(node):
     """
     The death of a node's whole tree at one instant (its host's, or its
     unit's: C{systemctl kill}, the OOM killer taking the cgroup): the node,
-    its lease guards and the command, frozen first so that none can act on
-    the others' death (a guard releasing the lease), then killed.
+    its lease guards and the command (see L{beatcop.testing.processes.killTree}).
     """
     if node.process is None or node.process.poll() is not None:
         return
-    victims = [node.pid, *descendantsOf(node.pid, parentMap())]
-    for sig in (signal.SIGSTOP, signal.SIGKILL):
-        for pid in victims:
-            try:
-                os.kill(pid, sig)
-            except OSError:
-                pass
+    killTree(node.pid)
     killNodeGroup(node)
 
 
