@@ -140,7 +140,10 @@ class Chaos:
         if guard is None:
             entry["skipped"] = "no guard"
             return
-        self.cluster.fault(f"SIGKILL the lease guard {guard} of {holder.name}")
+        self._killGuard(guard, holder)
+
+    def _killGuard(self, guard, holder, when=""):
+        self.cluster.fault(f"SIGKILL the lease guard {guard} of {holder.name}{when}")
         try:
             os.kill(guard, signal.SIGKILL)
         except ProcessLookupError:
@@ -315,11 +318,7 @@ class Chaos:
             entry["skipped"] = "the run outlived its guard's containment"
             return
         entry["guard_after_ms"] = round((time.monotonic() - entry["t"]) * 1000, 1)
-        self.cluster.fault(f"SIGKILL the lease guard {guard} of {holder.name} as it releases")
-        try:
-            os.kill(guard, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        self._killGuard(guard, holder, " as it releases")
 
     def kill9_cut_off_holder(self, step, holder, start, duration, entry):
         # Redis out of the guard's reach as BeatCop dies: the release fails
