@@ -256,6 +256,11 @@ class IReleaseListener(Interface):
         @return: a Deferred firing once its connection is closed.
         """
 
+    def redisAnswers():
+        """
+        Redis answers the node again: reconnect now if waiting to.
+        """
+
 
 class INodeObserver(Interface):
     """

@@ -181,6 +181,20 @@ class ReleaseListener:
         if self.state is ListenerState.WAITING:
             self._subscribe()
 
+    def redisAnswers(self):
+        """
+        Redis answers the node again (on its other connection): a listener
+        waiting to reconnect does so now rather than at the end of its
+        back-off, which after a long outage may be seconds away, and a
+        release announced meanwhile would be heard only at the next poll.
+        """
+        if self.state is ListenerState.WAITING:
+            if self._retryCall is not None and self._retryCall.active():
+                self._retryCall.cancel()
+            self._retryCall = None
+            self._retryDelay = self._firstRetryDelay
+            self._subscribe()
+
     def _message(self, channel, message):
         if self.state is ListenerState.LISTENING:
             self._onRelease(message)

@@ -473,6 +473,7 @@ class BeatCopService(service.Service):
             self._redisFailing = False
             self.log.info("Redis answering again")
             self._tell("redisAvailable", True)
+            self.standby.redisAnswers()
 
     def _reconnected(self):
         self._tellGuardsHowToRelease()

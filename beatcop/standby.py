@@ -358,6 +358,14 @@ class StandbyLoop:
         elif listener.active:
             listener.stop().addErrback(lambda failure: self.log.failure("Closing the release listener", failure))
 
+    def redisAnswers(self):
+        """
+        Redis answers again after failing: the listener, if it waits to
+        reconnect, does so now.
+        """
+        if self.listener is not None and self.listener.active:
+            self.listener.redisAnswers()
+
     def releaseAnnounced(self, message):
         """
         An announcement on the lock's channel: a node acquired with a token

@@ -302,6 +302,9 @@ class FakeListener:
         self.active = False
         return defer.succeed(None)
 
+    def redisAnswers(self):
+        self.pokes = getattr(self, "pokes", 0) + 1
+
     def announce(self, holderId=OTHER):
         self.onRelease(holderId)
 

@@ -305,6 +305,9 @@ class MemoryReleaseListener:
             self._store._listeners[self.channel].remove(self)
         return defer.succeed(None)
 
+    def redisAnswers(self):
+        pass  # never disconnected
+
     def _heard(self, message):
         if self.active:
             self._onRelease(message)

@@ -137,6 +137,23 @@ class ReleaseListenerTests(TestCase):
         self.assertEqual(self.heard.messages, [])
 
     @defer.inlineCallbacks
+    def test_whenRedisAnswersAgainAWaitingListenerReconnectsAtOnce(self):
+        """
+        After a long outage the listener's back-off can be seconds: when the
+        node's other connection finds Redis answering again, the listener
+        reconnects now, so that a release announced meanwhile is heard.
+        """
+        # A back-off grown as long as after a long outage.
+        listener = self.listen(retryDelay=3600.0)
+        yield waitFor(lambda: listener.state is ListenerState.LISTENING)
+        self.server.restart()
+        yield waitFor(lambda: listener.state is ListenerState.WAITING)
+        missed = self.heard.next()
+        listener.redisAnswers()
+        self.assertIsNone((yield missed))
+        self.assertIs(listener.state, ListenerState.LISTENING)
+
+    @defer.inlineCallbacks
     def test_stopClosesTheConnection(self):
         listener = self.listen()
         yield waitFor(lambda: listener.state is ListenerState.LISTENING)

@@ -609,6 +609,23 @@ class StandbyTests(ServiceTestCase):
         self.lock.answer("acquire", Attempt(False, 12, 4000, OTHER, rank=1))
         self.assertEqual(self.node.standby.rank, 1)
 
+    def test_whenRedisAnswersAgainTheListenerReconnectsAtOnce(self):
+        """
+        After an outage, the listener's reconnection back-off may be
+        seconds long: the first answer on the node's own connection makes
+        it reconnect now.
+        """
+        self.startNode(startAt=10.0)
+        self.lock.answer("acquire", Attempt(False, 6, 1000, OTHER, rank=0))
+        self.advanceTo(11.002)
+        self.lock.answer("check", RedisTimeout("no reply"))
+        self.assertFalse(self.node.redisAvailable)
+        self.assertEqual(getattr(self.listeners[0], "pokes", 0), 0)
+        self.advanceTo(11.002 + self.config.timing.refreshInterval)
+        self.lock.answer("check", 900)
+        self.assertTrue(self.node.redisAvailable)
+        self.assertEqual(self.listeners[0].pokes, 1)
+
     def test_aNodeLeavingTheLineMakesTheListenersLearnTheirPlace(self):
         """
         A node ahead in line left (stopped, or found dead at a restart of
