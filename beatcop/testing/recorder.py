@@ -137,13 +137,22 @@ def daemonize(argv):
         try:
             os.close(readEnd)
             os.setsid()
+            # The middle process waits for the daemon's exec (the end of a
+            # close-on-exec pipe) before it exits: an orphaned daemon that
+            # has not exec'd yet still shows the recorder's command line and
+            # would be taken for a run of its own.
+            execRead, execWrite = os.pipe2(os.O_CLOEXEC)
             daemon = os.fork()
             if daemon == 0:
                 os.close(writeEnd)
+                os.close(execRead)
                 devnull = os.open(os.devnull, os.O_RDWR)
                 for fd in (0, 1, 2):
                     os.dup2(devnull, fd)
                 os.execv(argv[0], argv)
+            os.close(execWrite)
+            while os.read(execRead, 1):
+                pass
             os.write(writeEnd, str(daemon).encode())
         finally:
             os._exit(0)
