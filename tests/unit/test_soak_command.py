@@ -112,3 +112,20 @@ def test_the_plan_needs_no_server(capsys, monkeypatch):
     monkeypatch.setenv(SERVER_VARIABLE, "")
     assert chaos.main(["--plan", "2", "--seed", "7"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_the_guides_name_every_fault_kind():
+    """
+    docs/soak.md describes every fault of the single-server soak, and
+    docs/failovers.md every fault of the replicated one: a kind added
+    without its line fails here.
+    """
+    from beatcop.testing.faults.failovers import FAILOVER_KINDS
+    from beatcop.testing.faults.kinds import KINDS
+
+    docs = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "docs")
+    for page, kinds in (("soak.md", KINDS), ("failovers.md", FAILOVER_KINDS)):
+        with open(os.path.join(docs, page), encoding="utf-8") as f:
+            text = f.read()
+        missing = sorted(kind for kind in kinds if f"`{kind}`" not in text)
+        assert not missing, f"docs/{page} does not describe the fault kinds {missing}"
