@@ -114,7 +114,7 @@ class RedisWait:
         passed since).
     """
 
-    log = Logger(namespace="beatcop.service.BeatCopService")
+    log = Logger()
 
     def __init__(self, clock, check, address, ttl, randomSource, onWaiting=lambda error: None):
         """

@@ -533,16 +533,16 @@ def test_bad_redis_url_and_missing_file(workdir):
     assert result.returncode == 78 and missing in result.stderr, result
 
 
-def test_unreachable_redis_is_one_line_exit_68(workdir):
+def test_unreachable_redis_is_waited_for_saying_so_in_one_line(workdir):
     from beatcop.testing.redis import freePort
+    from beatcop.testing.topologies import assertWaitsForRedis, runTwistdConcurrently
 
-    path = writeConfig(
-        os.path.join(workdir, "down.ini"), {"url": f"redis://127.0.0.1:{freePort()}/0"}, {"command": "true"}
-    )
-    result = runTwistd("-c", path)
-    assert result.returncode == 68, result
-    assert "Cannot reach Redis" in result.stdout
-    assert "Traceback" not in result.stdout + result.stderr
+    port = freePort()
+    path = writeConfig(os.path.join(workdir, "down.ini"), {"url": f"redis://127.0.0.1:{port}/0"}, {"command": "true"})
+    results = runTwistdConcurrently([("down", path, None)], waiting=["down"])
+    line = assertWaitsForRedis(*results["down"], f"Cannot connect to redis://127.0.0.1:{port}/0: Connection refused.",
+                               "Trying again in 0.2")
+    assert f"redis://127.0.0.1:{port}/0: redis://" not in line
 
 
 def test_a_redis_that_wants_a_password_and_gets_none_is_one_line_exit_77(workdir):
