@@ -85,7 +85,14 @@ class OutageCluster:
     of their command (L{beatcop.testing.recorder}) and the overlap checker.
     """
 
-    def __init__(self, directory, nodes=3, ttl=1500, onRedisLoss="exit", supervised=True, **beatcopOptions):
+    def __init__(self, directory, nodes=3, ttl=1500, onRedisLoss="exit", supervised=True, supervisorSettings=None,
+                 **beatcopOptions):
+        """
+        @param supervised: run the nodes under a real supervisord (else
+            each on its own, with no supervisor).
+        @param supervisorSettings: its program settings (default: the
+            checkout's example, L{beatcop.testing.supervisord.exampleProgram}).
+        """
         self.directory = directory
         self.ttl = ttl
         self.onRedisLoss = onRedisLoss
@@ -93,7 +100,9 @@ class OutageCluster:
         self.cluster = Cluster(directory, self.redis.url, ttl=ttl, on_redis_loss=onRedisLoss, **beatcopOptions)
         self.names = [f"node{i + 1}" for i in range(nodes)]
         argv = twistdArgv("-c", self.cluster.configPath)
-        self.supervisord = Supervisord(directory, {name: argv for name in self.names}) if supervised else None
+        self.supervisord = None
+        if supervised:
+            self.supervisord = Supervisord(directory, {name: argv for name in self.names}, supervisorSettings)
         self.nodes = {} if supervised else {
             name: Node(name, directory, argv, nodeEnvironment(name)) for name in self.names
         }

@@ -4,9 +4,9 @@ Celery's documentation suggests for beat) running BeatCop nodes, for the
 tests that prove what users see under it: which nodes are C{RUNNING}, which
 exited and with what code, and whether it gave up on one (C{FATAL}).
 
-The programs come from C{examples/supervisord/beatcop.conf}'s
-C{[program:beatcop]} section (what users copy), with the command, the user
-and the log file replaced: supervisord's own restart settings
+The programs take the settings of C{examples/supervisord/beatcop.conf}'s
+C{[program:beatcop]} section (what users copy; L{exampleProgram} reads it
+from a checkout), with the command, the user and the log file replaced: supervisord's own restart settings
 (C{startsecs}, C{startretries}, C{autorestart}, C{exitcodes}) stay as that
 example leaves them, its defaults.  supervisord talks XML-RPC on a unix
 socket in the test's directory; every wait is bounded.
@@ -24,6 +24,8 @@ import xmlrpc.client
 
 from .processes import PACKAGE_ROOT, nodeEnvironment, readLog, waitUntil
 
+# The example, in the checkout this package runs from (an installed package
+# has no examples: pass the checkout's path).
 EXAMPLE = os.path.join(PACKAGE_ROOT, "examples", "supervisord", "beatcop.conf")
 # Keys of the example's program that name things of the machine it is
 # installed on; the rest (the restart and stop settings) is kept.
@@ -38,7 +40,8 @@ def exampleProgram(path=EXAMPLE):
     paths and users of the machine it is meant for.
     """
     parser = configparser.RawConfigParser(inline_comment_prefixes=(";",))
-    parser.read(path)
+    if not parser.read(path):
+        raise FileNotFoundError(f"no supervisord example at {path}")
     return {key: value for key, value in parser.items("program:beatcop") if key not in _REPLACED}
 
 

@@ -27,10 +27,13 @@ from beatcop.testing.faults.proxy import FaultProxy
 from beatcop.testing.outages import OutageCluster
 from beatcop.testing.processes import Cluster, Node, nodeEnvironment, twistdArgv, waitUntil, writeConfig
 from beatcop.testing.redis import RedisServer, freePort
+from beatcop.testing.supervisord import exampleProgram
 
 OUTAGE = float(os.environ.get("BEATCOP_TEST_OUTAGE", "10"))
 ROUNDS = 3
 TTL = 1500
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SUPERVISORD_EXAMPLE = os.path.join(CHECKOUT, "examples", "supervisord", "beatcop.conf")
 
 
 def runRounds(cluster):
@@ -63,7 +66,11 @@ def test_supervisord_at_its_defaults_keeps_every_node_through_redis_outages(work
     stops its command and exits 69, supervisord restarts it, and the new
     process waits; supervisord never gives up on any.
     """
-    cluster = OutageCluster(workdir, nodes=3, ttl=TTL, onRedisLoss="exit", supervised=True)
+    settings = exampleProgram(SUPERVISORD_EXAMPLE)
+    # supervisord's own restart settings are its defaults in the example.
+    assert not {"startsecs", "startretries", "autorestart", "exitcodes"} & set(settings), settings
+    cluster = OutageCluster(workdir, nodes=3, ttl=TTL, onRedisLoss="exit", supervised=True,
+                            supervisorSettings=settings)
     try:
         cold, *outages = runRounds(cluster)
         assert cold.exits == [], cold.describe()
