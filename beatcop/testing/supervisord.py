@@ -57,12 +57,14 @@ class Supervisord:
     @ivar logPath: supervisord's own log (its spawns, exits, give-ups).
     """
 
-    def __init__(self, directory, programs, settings=None):
+    def __init__(self, directory, programs, settings=None, environment=None):
         """
         @param programs: C{{name: argv}}, one program each (named by the
             node: supervisord calls it that in its log and its states).
         @param settings: the program settings besides the command, the log
             and the environment (default: the example's, L{exampleProgram}).
+        @param environment: more environment variables for supervisord,
+            which its programs inherit.
         """
         self.directory = directory
         self.socketPath = os.path.join(directory, "supervisor.sock")
@@ -71,6 +73,7 @@ class Supervisord:
         self.names = list(programs)
         self.settings = exampleProgram() if settings is None else dict(settings)
         self.process = None
+        self.environment = dict(environment or {})
         lines = [
             "[unix_http_server]",
             f"file = {self.socketPath}",
@@ -118,7 +121,7 @@ class Supervisord:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=nodeEnvironment(),
+                env=nodeEnvironment(**self.environment),
                 start_new_session=True,
             )
 

@@ -65,6 +65,7 @@ KINDS = {
     "redis_mild_delay": 1,
     "redis_pause": 2,
     "redis_restart_empty": 2,
+    "redis_kill": 2,
     "child_crash": 2,
     "child_ignores_term_clean_stop": 2,
     "child_ignores_term_cut_off": 2,
@@ -272,6 +273,15 @@ class Chaos:
 
     def redis_restart_empty(self, step, holder, start, duration, entry):
         self.cluster.restartRedis()
+
+    def redis_kill(self, step, holder, start, duration, entry):
+        # Down for 1 to 2.5 TTL (every lease is lost), then back, empty.
+        entry["seconds"] = round(duration, 3)
+        self.cluster.killRedis()
+        try:
+            time.sleep(duration)
+        finally:
+            self.cluster.startRedis()
 
     def child_crash(self, step, holder, start, duration, entry):
         # The command dies on its own, by a signal it does not handle.
@@ -482,7 +492,7 @@ def render(result):
     ] + verdictRows(result)
     lines = [
         f"seed {result['seed']}, {result['nodes']} nodes, {result['elapsed_s']} s, TTL {result['ttl_ms']} ms,"
-        f" containment {result.get('containment', 'auto')}",
+        f" containment {result.get('containment', 'auto')}, on_redis_loss {result.get('on_redis_loss', 'exit')}",
         "",
         _table(rows),
         "",
@@ -511,6 +521,8 @@ def main(argv=None):
     parser.add_argument("--no-daemon", action="store_true", help="the command starts no daemon")
     parser.add_argument("--containment", default="auto", choices=("auto", "cgroup", "subreaper"),
                         help="the nodes' containment (default auto)")
+    parser.add_argument("--on-redis-loss", default="exit", choices=("exit", "standby"),
+                        help="the nodes' on_redis_loss (default exit); one server only")
     parser.add_argument("--plan", type=int, default=None, metavar="N",
                         help="print the seed's first N steps and exit")
     replicated = parser.add_argument_group("replicated Redis (beatcop.testing.faults.failovers)")
@@ -532,31 +544,40 @@ def main(argv=None):
     if options.ttl is None:
         options.ttl = 1500 if options.topology == "single" else 3000
     if options.topology != "single":
+        if options.on_redis_loss != "exit":
+            parser.error("--on-redis-loss is for --topology single")
         if not 2 <= options.nodes <= 10:
             parser.error("--nodes must be between 2 and 10")
         from .failovers import runFailovers
 
         return runFailovers(options)
+    table = None
+    if options.kinds:
+        unknown = set(options.kinds) - set(KINDS)
+        if unknown:
+            parser.error(f"unknown fault kinds: {', '.join(sorted(unknown))} (known: {', '.join(sorted(KINDS))})")
+        table = {kind: KINDS[kind] for kind in options.kinds}
     if options.plan is not None:
-        return printPlan(options)
+        return printPlan(options, table)
     if not 2 <= options.nodes <= 10:
         parser.error("--nodes must be between 2 and 10")
     replyTimeoutMs = min(1000, options.ttl // 5)
 
-    print(f"chaos: seed {options.seed}, {options.nodes} nodes, {options.duration:g} s, TTL {options.ttl} ms",
-          flush=True)
+    print(f"chaos: seed {options.seed}, {options.nodes} nodes, {options.duration:g} s, TTL {options.ttl} ms,"
+          f" on_redis_loss = {options.on_redis_loss}", flush=True)
     directory = tempfile.mkdtemp(prefix="bchaos-")
     redis = startRedisServer()
     try:
         cluster = FaultCluster(
             directory, redis, ttl=options.ttl, recorderOptions=recorderOptionsOf(options),
             restartDelay=options.restart_delay, containment=options.containment,
+            on_redis_loss=options.on_redis_loss,
         )
     except BaseException:
         redis.stop()
         raise
     try:
-        result = _soak(cluster, redis, options, replyTimeoutMs)
+        result = _soak(cluster, redis, options, replyTimeoutMs, table)
     finally:
         # Whatever happened, nothing of the run outlives it.
         cluster.cleanup()
@@ -606,7 +627,7 @@ def finish(result, options, directory):
     return 0 if result["ok"] else 1
 
 
-def _soak(cluster, redis, options, replyTimeoutMs):
+def _soak(cluster, redis, options, replyTimeoutMs, table=None):
     def heal():
         for node in cluster.nodes:
             node.send(signal.SIGCONT)
@@ -616,7 +637,9 @@ def _soak(cluster, redis, options, replyTimeoutMs):
             pass
 
     chaos = Chaos(cluster, options.ttl, replyTimeoutMs, log=lambda text: print(text, flush=True))
-    return soak(cluster, chaos, options, summarize, startTimeout=30, heal=heal)
+    result = soak(cluster, chaos, options, summarize, table, startTimeout=30, heal=heal)
+    result["on_redis_loss"] = options.on_redis_loss
+    return result
 
 
 def soak(cluster, chaos, options, summarizer, table=None, startTimeout=30, healAfterError=True, heal=None):
