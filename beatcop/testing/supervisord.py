@@ -6,9 +6,10 @@ exited and with what code, and whether it gave up on one (C{FATAL}).
 
 The programs take the settings of C{examples/supervisord/beatcop.conf}'s
 C{[program:beatcop]} section (what users copy; L{exampleProgram} reads it
-from a checkout), with the command, the user and the log file replaced: supervisord's own restart settings
-(C{startsecs}, C{startretries}, C{autorestart}, C{exitcodes}) stay as that
-example leaves them, its defaults.  supervisord talks XML-RPC on a unix
+from a checkout), with the command, the user and the log file replaced:
+supervisord's own restart settings (C{startsecs}, C{startretries},
+C{autorestart}, C{exitcodes}) stay as that example leaves them, its
+defaults.  supervisord talks XML-RPC on a unix
 socket in the test's directory; every wait is bounded.
 """
 
@@ -19,7 +20,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 import xmlrpc.client
 
 from .processes import PACKAGE_ROOT, nodeEnvironment, readLog, waitUntil
@@ -198,15 +198,4 @@ class Supervisord:
         return text
 
 
-def installed():
-    """
-    Whether the supervisor package is importable (it is in the test extra).
-    """
-    try:
-        import supervisor.supervisord  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-__all__ = ["Supervisord", "exampleProgram", "EXAMPLE", "installed"]
+__all__ = ["Supervisord", "exampleProgram", "EXAMPLE"]

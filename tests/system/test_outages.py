@@ -14,7 +14,6 @@ whole run, never two at once.
 """
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +21,10 @@ import urllib.error
 import urllib.request
 
 import pytest
+import pytest_twisted
 
+from beatcop.containment import processAlive
+from beatcop.service import NodeState
 from beatcop.testing.faults.proxy import FaultProxy
 from beatcop.testing.outages import OutageCluster
 from beatcop.testing.processes import Cluster, Node, nodeEnvironment, twistdArgv, waitUntil, writeConfig
@@ -209,3 +211,32 @@ def test_what_needs_a_person_is_still_an_immediate_error(workdir, key, value, co
         assert fragment in node.log() and "Cannot connect to" not in node.log(), node.log()
     finally:
         redis.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_embedded_node_with_standby_stays_in_the_application(beatcop_nodes, beatcop_redis):
+    """
+    An application that embeds a node (C{BeatCopService}) with
+    C{on_redis_loss = standby}: Redis frozen past the lease stops the
+    command (as with C{exit}), and the node stands by again instead of
+    finishing; when Redis answers, it runs the command again.  Its
+    C{whenFinished} never fires.
+    """
+    from twisted.internet import reactor, task
+
+    node = beatcop_nodes.makeNode(command="sleep 60", on_redis_loss="standby")
+    finished = []
+    node.whenFinished().addCallback(finished.append)
+    yield node.whenState(NodeState.RUNNING, timeout=10)
+    first = node.child.pid
+    beatcop_redis.pause()
+    try:
+        yield node.whenState(NodeState.STOPPING, timeout=5)
+        yield node.whenState(NodeState.STANDBY, timeout=5)
+        assert not processAlive(first)
+    finally:
+        beatcop_redis.resume()
+    yield node.whenState(NodeState.RUNNING, timeout=10)
+    assert node.child.pid != first
+    yield task.deferLater(reactor, 0.1, lambda: None)
+    assert finished == [] and node.exitCode is None
