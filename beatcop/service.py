@@ -626,7 +626,7 @@ class BeatCopService(service.Service):
         elif self.state is NodeState.RESTARTING:
             self._afterLostLease("lease lost")
         elif self.state is not NodeState.FINISHED:
-            self._finish(exitCode, "lease lost" if self.state in (NodeState.RELEASING, NodeState.RESTARTING) else why)
+            self._finish(exitCode, "lease lost" if self.state is NodeState.RELEASING else why)
 
     def _afterLostLease(self, why):
         """
