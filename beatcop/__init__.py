@@ -11,7 +11,7 @@ C{import beatcop} stays cheap:
   - the lease on its own: L{RedisLock}, the L{Attempt} its acquisitions
     answer, the L{RefreshOutcome} of its refreshes;
   - the configuration: L{loadConfig}, L{Config}, L{RedisConfig},
-    L{Timing};
+    L{Timing}, L{OnExit}, L{OnRedisLoss};
   - the connection: L{RedisClient}, and L{prepareClient} (a client from a
     configuration, the embedded Redis started first);
   - how runs are contained: L{detectContainment}, L{Containment};
@@ -36,6 +36,8 @@ _EXPORTS = {
     "Config": "beatcop.config",
     "RedisConfig": "beatcop.config",
     "Timing": "beatcop.config",
+    "OnExit": "beatcop.config",
+    "OnRedisLoss": "beatcop.config",
     "loadConfig": "beatcop.config",
     "RedisClient": "beatcop.redisconn",
     "prepareClient": "beatcop.startup",

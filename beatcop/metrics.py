@@ -10,11 +10,17 @@ Requests are not written to the node's log unless C{metrics_log_requests
 = yes}: a Prometheus scraper every 15 s and a probe every few seconds
 would otherwise bury the node's own lines.
 
-C{/health} answers 200 only while the node is connected to Redis and
-consistent: it has started, Redis answers, and it either stands by or holds
-a lease it can prove.  Anything else (connecting, Redis failing, the lease
-lost, finished) is 503 with the reason, which is what a load balancer or an
-orchestrator's probe wants.
+C{/health} (also C{/health/ready}) answers 200 only while the node is
+connected to Redis and consistent: it has started, Redis answers, and it
+either stands by or holds a lease it can prove.  Anything else (waiting for
+Redis at start-up, Redis failing, the lease lost, finished) is 503 with the
+reason, which is what a load balancer or a readiness probe wants.
+
+C{/health/live} answers 200 as long as the node runs (its reactor answers,
+and it has not finished), whatever Redis does: what a liveness probe
+wants.  A probe that restarted BeatCop because Redis is down would only
+add a restart to the outage, and count towards the orchestrator's
+back-off (Kubernetes' CrashLoopBackOff).
 """
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -106,8 +112,11 @@ class NodeMetrics(NodeObserver):
 
 def health(node):
     """
-    Whether the node is healthy, and why not.
+    Whether the node is healthy (ready), and why not.
     """
+    wait = getattr(node, "startupWait", None)
+    if node.state is NodeState.CONNECTING and wait is not None and wait.waiting:
+        return False, f"waiting for Redis for {wait.waited():.0f} s: {wait.lastError}"
     if node.state not in _HEALTHY:
         return False, f"node is {node.state.value}"
     if not node.redisAvailable:
@@ -117,15 +126,35 @@ def health(node):
     return True, f"ok: {node.state.value}"
 
 
+def liveness(node):
+    """
+    Whether the node is alive (it has not finished), and how.
+    """
+    if node.state is NodeState.FINISHED:
+        return False, f"node is finished (exit code {node.exitCode})"
+    return True, f"alive: {node.state.value}"
+
+
 class HealthResource(resource.Resource):
+    """
+    C{/health} and C{/health/ready}: L{health}; C{/health/live}:
+    L{liveness}.
+    """
+
     isLeaf = True
+    _probes = {(): health, (b"",): health, (b"ready",): health, (b"live",): liveness}
 
     def __init__(self, node):
         super().__init__()
         self.node = node
 
     def render_GET(self, request):
-        ok, why = health(self.node)
+        probe = self._probes.get(tuple(request.postpath))
+        if probe is None:
+            request.setResponseCode(404)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"no such probe: /health, /health/ready or /health/live\n"
+        ok, why = probe(self.node)
         request.setResponseCode(200 if ok else 503)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")

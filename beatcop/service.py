@@ -32,6 +32,7 @@ from zope.interface import implementer
 
 from . import __version__, standby
 from .containment import detectContainment
+from .config import OnRedisLoss
 from .errors import EX_OK, EX_SOFTWARE, EX_UNAVAILABLE, BeatCopError, EvictionRisk, NodeFinished, RedisUnreachable
 from .interfaces import INode
 from .lease import LeaseDeadline
@@ -42,9 +43,10 @@ from .notify import ReleaseListener
 from .observers import NodeObserver, Observers
 from .cadence import RegistryCadence
 from .protocol import GUARD_RELEASED, HANDED_OVER, RELEASED, Windows
-from .states import ANNOUNCED, HOLDING, TRANSITIONS, NodeState
+from .states import ANNOUNCED, HOLDING, LOST_LEASE_ENDS, TRANSITIONS, NodeState
 from .eviction import checkEviction
 from .startup import checkRedis, prepareClient
+from .startupwait import RedisWait
 from .supervisor import CommandSupervisor
 
 
@@ -73,7 +75,7 @@ class BeatCopService(service.Service):
 
     def __init__(self, config, reactor=None, client=None, lock=None, monotonic=time.monotonic,
                  randomSource=None, childFactory=None, listenerFactory=None, containment=None,
-                 identity=None):
+                 identity=None, onRedisLoss=None):
         """
         @param config: a L{beatcop.config.Config}.
         @param reactor: provides process spawning and time; the global
@@ -94,6 +96,11 @@ class BeatCopService(service.Service):
         @param identity: this process's L{beatcop.identity.ProcessIdentity},
             which lets a node of this host prove it dead (default: read from
             /proc; tests inject one).
+        @param onRedisLoss: what a holder does after a lost lease, once its
+            command is dead (a L{beatcop.config.OnRedisLoss}): finish with
+            exit code 69 (C{EXIT}), or stand by again (C{STANDBY}, for an
+            application that runs on whatever Redis does); default the
+            configuration's C{on_redis_loss}.
         """
         if reactor is None:
             from twisted.internet import reactor
@@ -105,6 +112,7 @@ class BeatCopService(service.Service):
         self._random = randomSource or random.Random()
         self.containment = containment
         self.identity = identity if identity is not None else Proc().current()
+        self.onRedisLoss = OnRedisLoss(onRedisLoss) if onRedisLoss is not None else config.onRedisLoss
         self.client = client if client is not None else prepareClient(reactor, config)
         self.lock = lock if lock is not None else self._makeLock()
         self._listenerFactory = listenerFactory or ReleaseListener
@@ -121,6 +129,10 @@ class BeatCopService(service.Service):
         self._finishedWaiters = []
         self._stateWaiters = []
         self._redisFailing = False
+        self.startupWait = RedisWait(
+            reactor, lambda: checkRedis(self.client, self.config), lambda: self.client.address, self.timing.ttl,
+            self._random, onWaiting=self._waitingForRedis,
+        )
         self.cadence = RegistryCadence(monotonic, self.windows.register / 1000.0)
         self.standby = standby.StandbyLoop(
             reactor, self.timing, self.lock, monotonic, self._random, self._track, self.cadence,
@@ -318,6 +330,7 @@ class BeatCopService(service.Service):
             return
         self.exitCode = exitCode
         self._moveTo(NodeState.FINISHED)
+        self.startupWait.cancel()
         self.supervisor.cancelRestart()
         disarmed = self.supervisor.disarm()
         self.log.info("Finished ({why}), exit code {code}", why=why, code=exitCode)
@@ -372,7 +385,8 @@ class BeatCopService(service.Service):
     @defer.inlineCallbacks
     def _connect(self):
         try:
-            version = yield checkRedis(self.client, self.config)
+            # Redis down or not ready is waited out (see beatcop.startupwait).
+            version = yield self.startupWait.run()
         except BeatCopError as e:
             what = "reach" if isinstance(e, RedisUnreachable) else "use"
             self.log.error("Cannot {what} Redis: {error}", what=what, error=str(e))
@@ -380,6 +394,9 @@ class BeatCopService(service.Service):
             return
         if self.state is not NodeState.CONNECTING:
             return
+        if self._redisFailing:
+            self._redisFailing = False
+            self._tell("redisAvailable", True)
         self.log.info(
             "Connected to {address} ({server}); node {holder} standing by for lock {lock}",
             address=self.client.address,
@@ -461,6 +478,11 @@ class BeatCopService(service.Service):
         elif self.state is NodeState.STANDBY:
             self._redisFailed(failure)
             self.standby.failed()
+
+    def _waitingForRedis(self, error):
+        # Start-up cannot reach Redis yet (beatcop.startupwait logs it).
+        self._redisFailing = True
+        self._tell("redisAvailable", False)
 
     def _redisFailed(self, failure):
         if not self._redisFailing:
@@ -630,8 +652,9 @@ class BeatCopService(service.Service):
     def _leaseLost(self, why, exitCode=EX_UNAVAILABLE):
         """
         This node can no longer prove its lease: stop the command so that it
-        is dead before the lease could expire, and finish with C{exitCode}.
-        No release: the key is not (provably) ours.
+        is dead before the lease could expire, and then finish with
+        C{exitCode} or stand by again (L{_afterLostLease}).  No release: the
+        key is not (provably) ours.
         """
         self.log.error("Lease on {lock} lost: {why}", lock=self.config.lockName, why=why)
         self._tell("leaseLost", why)
@@ -643,9 +666,33 @@ class BeatCopService(service.Service):
                 self._moveTo(NodeState.STOPPING)
             self._stopRefreshing()
             if not self.supervisor.stop(grace):
-                self._finish(exitCode, "lease lost")
+                self._afterLostLease("lease lost")
+        elif self.state is NodeState.RESTARTING:
+            self._afterLostLease("lease lost")
         elif self.state is not NodeState.FINISHED:
-            self._finish(exitCode, "lease lost" if self.state in (NodeState.RELEASING, NodeState.RESTARTING) else why)
+            self._finish(exitCode, "lease lost" if self.state is NodeState.RELEASING else why)
+
+    def _afterLostLease(self, why):
+        """
+        The command of a lost lease is dead (or was never started): finish
+        with the exit code decided, or, with C{on_redis_loss = standby},
+        stand by again in this process.  Only a lease lost for want of Redis
+        (exit code 69) on a node nobody asked to stop stands by again; a bug
+        (70), an evicting Redis (78) or a clean stop still finish.
+        """
+        code = self.exitCode if self.exitCode is not None else EX_UNAVAILABLE
+        lostRedis = code == EX_UNAVAILABLE and self.running
+        if (LOST_LEASE_ENDS[self.onRedisLoss.value] if lostRedis else NodeState.FINISHED) is NodeState.FINISHED:
+            self._finish(code, why)
+            return
+        self.exitCode = None
+        self.supervisor.cancelRestart()
+        self._holdingSince = None
+        self._operatorStop = None
+        self.log.info("The command is stopped; standing by again for lock {lock} (on_redis_loss = standby)",
+                      lock=self.lock.lockName)
+        self._moveTo(NodeState.STANDBY)
+        self.standby.attempt()
 
     # -- the command -----------------------------------------------------
 
@@ -673,7 +720,7 @@ class BeatCopService(service.Service):
             if self.deadline.held:
                 self._release(handover=self._operatorStop is not None)
             else:
-                self._finish(self.exitCode if self.exitCode is not None else EX_UNAVAILABLE, "lease lost")
+                self._afterLostLease("lease lost")
         elif self.state not in (NodeState.STARTING, NodeState.RUNNING):
             return
         elif self._enforceStopPoint():

@@ -32,8 +32,11 @@ TRANSITIONS = {
     NodeState.LEAVING: {NodeState.RELEASING, NodeState.FINISHED},
     NodeState.STARTING: {NodeState.RUNNING, NodeState.STOPPING, NodeState.RELEASING, NodeState.FINISHED},
     NodeState.RUNNING: {NodeState.STOPPING, NodeState.RELEASING, NodeState.RESTARTING},
-    NodeState.RESTARTING: {NodeState.STARTING, NodeState.RELEASING, NodeState.FINISHED},
-    NodeState.STOPPING: {NodeState.RELEASING, NodeState.FINISHED},
+    # A lost lease ends in FINISHED (exit 69), or, with on_redis_loss =
+    # standby, back in STANDBY once the command is dead (STOPPING), or at
+    # once when it was not running (RESTARTING): see LOST_LEASE_ENDS.
+    NodeState.RESTARTING: {NodeState.STARTING, NodeState.RELEASING, NodeState.STANDBY, NodeState.FINISHED},
+    NodeState.STOPPING: {NodeState.RELEASING, NodeState.STANDBY, NodeState.FINISHED},
     NodeState.RELEASING: {NodeState.STANDBY, NodeState.FINISHED},
     NodeState.FINISHED: set(),
 }
@@ -41,8 +44,11 @@ TRANSITIONS = {
 # States in which this node holds (or believes it holds) the lease and must
 # keep refreshing it and honour its deadline.
 HOLDING = {NodeState.STARTING, NodeState.RUNNING, NodeState.RESTARTING, NodeState.STOPPING}
+# Where a node goes once the command of a lost lease is dead, by the
+# configuration's on_redis_loss (beatcop.config.OnRedisLoss's values).
+LOST_LEASE_ENDS = {"exit": NodeState.FINISHED, "standby": NodeState.STANDBY}
 # States whose change is worth telling the node registry at once.
 ANNOUNCED = {NodeState.STANDBY, NodeState.RUNNING, NodeState.STOPPING}
 
 
-__all__ = ["NodeState", "TRANSITIONS", "HOLDING", "ANNOUNCED"]
+__all__ = ["NodeState", "TRANSITIONS", "HOLDING", "ANNOUNCED", "LOST_LEASE_ENDS"]

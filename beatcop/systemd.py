@@ -3,7 +3,9 @@ systemd integration without a dependency: the sd_notify protocol is one
 datagram per message on the socket named by C{$NOTIFY_SOCKET}.
 
 With C{Type=notify} in the unit, systemd learns that BeatCop is ready once
-it is connected to Redis (standing by), what it is doing (C{STATUS=}), when
+it is connected to Redis (standing by; while it waits for Redis at start-up,
+C{STATUS=} says so and why, and it is not ready), what it is doing
+(C{STATUS=}), when
 it is stopping, and, with C{WatchdogSec=}, that its reactor still turns:
 the watchdog pings come from the reactor, so a frozen BeatCop is restarted
 (its command is killed by the lease guard by then anyway).
@@ -71,6 +73,7 @@ class SystemdObserver(NodeObserver):
 
     def __init__(self, node, reactor, notifier=None):
         self.notifier = notifier or Notifier()
+        self._node = node
         self._ready = False
         self._watchdog = None
         if self.notifier.enabled:
@@ -89,6 +92,11 @@ class SystemdObserver(NodeObserver):
             if new is NodeState.FINISHED and self._watchdog is not None and self._watchdog.running:
                 self._watchdog.stop()
         self.notifier.notify(*messages)
+
+    def redisAvailable(self, available):
+        wait = getattr(self._node, "startupWait", None)
+        if not available and not self._ready and wait is not None and wait.lastError is not None:
+            self.notifier.notify(f"STATUS=waiting for Redis: {wait.lastError}")
 
     def stopping(self):
         self.notifier.notify("STOPPING=1", "STATUS=stopping")

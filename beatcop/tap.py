@@ -38,11 +38,14 @@ class Options(usage.Options):
         "Keep one command running on exactly one node of a cluster, using an "
         "expiring lock in Redis. Every node runs the same configuration; the "
         "node holding the lock runs the command, the others stand by. Flags "
-        "override the file's values. Exit codes: 0 clean stop; the command's "
-        "own code when it exits; 68 Redis unreachable at start-up; 69 lease "
-        "lost; 71 the command could not be started (vanished since start-up); "
-        "76 Redis unusable; 77 Redis refused the credentials; 78 bad "
-        "configuration (a command not found at start-up included)."
+        "override the file's values. A Redis that does not answer at start-up "
+        "is waited for (logged, tried again with a back-off). Exit codes: 0 "
+        "clean stop; the command's own code when it exits; 69 lease lost "
+        "(on_redis_loss = exit); 71 the command could not be started "
+        "(vanished since start-up); 76 Redis unusable; 77 Redis refused the "
+        "credentials; 78 bad configuration (a command not found at start-up "
+        "included), an evicting Redis, a Sentinel service name no sentinel "
+        "knows."
     )
     optParameters = [[flag, None, None, text] for flag, _, _, text in _OVERRIDES]
     optFlags = [[key, None, text] for (_, key), text in _SWITCHES.items()]

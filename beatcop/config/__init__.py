@@ -33,6 +33,7 @@ from .model import (
     Config,
     Environment,
     OnExit,
+    OnRedisLoss,
     RedisConfig,
     RedisTiming,
     Timing,
@@ -47,6 +48,7 @@ from .model import (
 
 __all__ = [
     "OnExit",
+    "OnRedisLoss",
     "RedisConfig",
     "RedisTiming",
     "Timing",

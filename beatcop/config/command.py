@@ -9,7 +9,7 @@ import shlex
 import shutil
 import signal
 
-from .model import SHELL, Environment, OnExit, _ENVIRONMENT_NAME, _RESERVED_PREFIX
+from .model import SHELL, Environment, OnExit, OnRedisLoss, _ENVIRONMENT_NAME, _RESERVED_PREFIX
 from .url import _DIGITS
 
 # The section of the command's extra environment variables.
@@ -94,6 +94,17 @@ def _readOnExit(reader):
     except ValueError:
         choices = ", ".join(choice.value for choice in OnExit)
         reader.fail("beatcop", "on_exit", f"not one of {choices}: {text!r}")
+
+
+def _readOnRedisLoss(reader):
+    text = reader.text("beatcop", "on_redis_loss")
+    if text is None:
+        return OnRedisLoss.EXIT
+    try:
+        return OnRedisLoss(text.lower())
+    except ValueError:
+        choices = ", ".join(choice.value for choice in OnRedisLoss)
+        reader.fail("beatcop", "on_redis_loss", f"not one of {choices}: {text!r}")
 
 
 def _readEnvironment(reader):

@@ -31,7 +31,7 @@ from .model import (
     defaultSafetyMargin,
     timingProblem,
 )
-from .command import _ENVIRONMENT, _checkProgram, _readCommand, _readEnvironment, _readOnExit, _readStopSignal
+from .command import _ENVIRONMENT, _checkProgram, _readCommand, _readEnvironment, _readOnExit, _readOnRedisLoss, _readStopSignal
 from .topology import _readRedis
 from .url import _DIGITS, _NEGATIVE, _parsePort
 
@@ -80,6 +80,8 @@ KEYS = (
      " (default max(10, timeout/20))"),
     ("beatcop", "stop_signal", "the signal that asks the command to stop (default TERM)"),
     ("beatcop", "on_exit", "when the command exits on its own: exit, restart or handover (default exit)"),
+    ("beatcop", "on_redis_loss", "after a lost lease (Redis lost), the command stopped: exit (default, exit 69)"
+     " or standby (stand by again in this process)"),
     ("beatcop", "restart_delay", "first restart delay in ms with on_exit = restart (default 1000)"),
     ("beatcop", "restart_max_delay", "longest restart delay in ms (default 30000)"),
     ("beatcop", "notify", "yes/no: announce releases and listen for them while standing by (default yes)"),
@@ -484,6 +486,7 @@ def loadConfig(path=None, overrides=None, checkProgram=True):
 
     stopSignal = _readStopSignal(reader)
     onExit = _readOnExit(reader)
+    onRedisLoss = _readOnRedisLoss(reader)
     restartDelay = reader.milliseconds(
         "beatcop", "restart_delay", DEFAULT_RESTART_DELAY
     )
@@ -551,6 +554,7 @@ def loadConfig(path=None, overrides=None, checkProgram=True):
         safetyMargin=safetyMargin,
         stopSignal=stopSignal,
         onExit=onExit,
+        onRedisLoss=onRedisLoss,
         restartDelay=restartDelay,
         restartMaxDelay=restartMaxDelay,
         notify=notify,

@@ -42,6 +42,23 @@ class OnExit(enum.Enum):
     HANDOVER = "handover"
 
 
+class OnRedisLoss(enum.Enum):
+    """
+    What a holder does once it could no longer prove its lease (Redis
+    unreachable, stalled, or restarted empty with another node faster) and
+    its command is dead.
+
+    @cvar EXIT: finish with exit code 69 (BeatCop 1.0's behaviour), so that
+        the supervisor running BeatCop starts it again, as a standby.
+    @cvar STANDBY: stand by again in the same process, for platforms that
+        count restarts against a node (Kubernetes' CrashLoopBackOff, a
+        supervisor's start limit) and for embedding applications.
+    """
+
+    EXIT = "exit"
+    STANDBY = "standby"
+
+
 DEFAULT_REDIS_PORT = 6379
 
 
@@ -355,6 +372,8 @@ class Config:
     @ivar safetyMargin: slack kept for clock drift.
     @ivar stopSignal: the signal that asks the child to stop.
     @ivar onExit: what to do when the child exits by itself.
+    @ivar onRedisLoss: what a holder does after a lost lease, its command
+        dead: exit 69 (default) or stand by again.
     @ivar restartDelay: first delay before a restart (L{OnExit.RESTART}).
     @ivar restartMaxDelay: the longest delay before a restart.
     @ivar notify: publish a message when the lock is released, and listen
@@ -400,6 +419,7 @@ class Config:
     safetyMargin: int = defaultSafetyMargin(DEFAULT_TTL)
     stopSignal: int = signal.SIGTERM
     onExit: OnExit = OnExit.EXIT
+    onRedisLoss: OnRedisLoss = OnRedisLoss.EXIT
     restartDelay: int = DEFAULT_RESTART_DELAY
     restartMaxDelay: int = DEFAULT_RESTART_MAX_DELAY
     notify: bool = True

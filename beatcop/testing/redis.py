@@ -314,6 +314,15 @@ class RedisServer:
         @return: C{self}.
         """
         self.kill()
+        return self.startAgain()
+
+    def startAgain(self):
+        """
+        Start it again, empty, on the port it had (after L{kill}): Redis
+        back from an outage.
+
+        @return: C{self}.
+        """
         deadline = time.monotonic() + self.startTimeout
         while True:
             try:

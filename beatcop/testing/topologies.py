@@ -692,37 +692,82 @@ def settleAfterFailover(cluster, what, promotedAfter, refreshedAfter, kept):
     return report
 
 
-def runTwistdConcurrently(cases, timeout=30):
+def runTwistdConcurrently(cases, timeout=30, waiting=()):
     """
     Run C{twistd -n beatcop -c PATH} for each C{(name, path, environment)}
     at once (start-up failures take a second each; in parallel the lot takes
     about one).
 
+    @param waiting: the names of the cases expected to wait for Redis at
+        start-up (see L{beatcop.startupwait}) rather than end: each is
+        stopped with SIGTERM once it has said so (L{WAITING} in its output)
+        and stayed up a second more, and must then end 0.
     @return: C{{name: (exit code, output)}}.
     """
     from .processes import nodeEnvironment, twistdArgv
 
+    directory = tempfile.mkdtemp(prefix="bc-twistd-")
     running = {}
-    for name, path, environment in cases:
-        running[name] = subprocess.Popen(
-            twistdArgv("-c", path),
-            env=nodeEnvironment(name, **(environment or {})),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-    results = {}
-    deadline = time.monotonic() + timeout
-    for name, process in running.items():
-        try:
-            output, _ = process.communicate(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            output, _ = process.communicate()
-            raise AssertionError(f"{name}: still running after {timeout} s:\n{output}")
-        results[name] = (process.returncode, output)
-    return results
+    try:
+        for name, path, environment in cases:
+            with open(os.path.join(directory, name), "wb") as output:
+                running[name] = subprocess.Popen(
+                    twistdArgv("-c", path),
+                    env=nodeEnvironment(name, **(environment or {})),
+                    stdin=subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                )
+
+        def output(name):
+            return readLog(os.path.join(directory, name))
+
+        deadline = time.monotonic() + timeout
+        seen = {}
+        while any(process.poll() is None for process in running.values()):
+            for name in waiting:
+                process = running[name]
+                if process.poll() is None and WAITING in output(name):
+                    seen.setdefault(name, time.monotonic())
+                    if time.monotonic() - seen[name] >= 1.0:
+                        process.send_signal(signal.SIGTERM)
+            if time.monotonic() >= deadline:
+                late = [name for name, process in running.items() if process.poll() is None]
+                for name in late:
+                    running[name].kill()
+                    running[name].wait()
+                raise AssertionError(f"{late}: still running after {timeout} s:\n"
+                                     + "\n".join(f"--- {name}\n{output(name)}" for name in late))
+            time.sleep(0.05)
+        return {name: (process.returncode, output(name)) for name, process in running.items()}
+    finally:
+        for process in running.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+# What a node waiting for Redis at start-up logs (beatcop.startupwait).
+WAITING = "Cannot connect to "
+
+
+def assertWaitsForRedis(exitCode, output, *fragments):
+    """
+    BeatCop waited for Redis at start-up (run with C{waiting}, see
+    L{runTwistdConcurrently}): it said why in one log line that has every
+    fragment, never connected, and ended 0 when stopped, without a
+    traceback.
+    """
+    assert exitCode == 0, f"exit {exitCode}, expected 0 (stopped while waiting):\n{output}"
+    assert "Traceback" not in output, output
+    assert "Connected to " not in output, output
+    lines = [line for line in output.splitlines() if WAITING in line]
+    assert len(lines) == 1, output
+    assert "Trying again in" in lines[0], lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+    return lines[0]
 
 
 def assertOneLineError(exitCode, output, code, *fragments):

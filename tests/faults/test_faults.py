@@ -291,6 +291,68 @@ def test_redis_restarted_empty(makeCluster):
     cluster.assertOk()
 
 
+@pytest.mark.parametrize("onRedisLoss", ["exit", "standby"])
+def test_redis_killed_and_down_for_two_ttl(makeCluster, onRedisLoss):
+    """
+    Redis killed and down for 2 TTL, then started again empty, twice: the
+    holder's command stops before its lease could expire; then the holder
+    exits 69 and is restarted as a standby that waits for Redis
+    (C{on_redis_loss = exit}), or stands by again in the same process
+    (C{standby}: no node exits at all).  When Redis is back the command runs
+    again on one node within the bound.
+
+    Each outage comes a lease after the command started, when the standbys
+    have learnt its token (the announcement, their next attempt): with
+    C{exit}, a holder that exits forgets its token, and a Redis that lost
+    its data before any standby learnt it could hand the next holder the
+    same token again (see the README's Failure semantics).
+    """
+    cluster = makeCluster(on_redis_loss=onRedisLoss)
+    for _ in range(2):
+        holder, first = cluster.holder()
+        observeUntil(cluster, first["t"] + TTL)
+        downAt = time.monotonic()
+        cluster.killRedis()
+        try:
+            deadAt = cluster.waitTreeGone(first, TTL + 3)
+            assert deadAt - downAt < TTL, cluster.verdict().describe()
+            observeUntil(cluster, downAt + 2 * TTL)
+        finally:
+            cluster.startRedis()
+        cluster.waitStartAfter(time.monotonic(), BOUND + 5)
+        observe(cluster, 1.0)
+        cluster.waitAllReady()
+    codes = [code for _, _, code in cluster.exits]
+    assert codes == ([69, 69] if onRedisLoss == "exit" else []), cluster.logs()
+    cluster.assertOk()
+
+
+def test_redis_faults_with_on_redis_loss_standby(makeCluster, redisServer):
+    """
+    With C{on_redis_loss = standby}, Redis frozen past the lease and Redis
+    restarted empty: never two at once, the command back within the bound,
+    and no node exits.
+    """
+    cluster = makeCluster(on_redis_loss="standby")
+    holder, first = cluster.holder()
+    pausedAt = time.monotonic()
+    cluster.pauseRedis()
+    try:
+        cluster.waitTreeGone(first, TTL + 3)
+        observeUntil(cluster, pausedAt + 2 * TTL)
+    finally:
+        cluster.resumeRedis()
+    cluster.waitStartAfter(time.monotonic(), BOUND + 5)
+    for _ in range(3):
+        holder, _ = cluster.holder()
+        cluster.waitForTraffic(holder, 3)
+        cluster.restartRedis()
+        observe(cluster, TTL)
+    observe(cluster, 1.0)
+    assert cluster.exits == [], cluster.logs()
+    cluster.assertOk()
+
+
 # -- the command misbehaves --------------------------------------------------
 
 

@@ -572,13 +572,15 @@ def test_a_near_miss_is_named_and_two_config_files_are_refused(workdir):
     tool (64), each in one line and before anything else happens.
     """
     from beatcop.testing.redis import freePort
+    from beatcop.testing.topologies import runTwistdConcurrently
 
     redis = {"url": f"redis://127.0.0.1:{freePort()}/0"}
     path = writeConfig(os.path.join(workdir, "typo.ini"), redis, {"command": "true", "timout": "10000"})
     other = writeConfig(os.path.join(workdir, "other.ini"), redis, {"command": "true"})
-    result = runTwistd("-c", path)
-    assert result.returncode == 68, result
-    assert f"beatcop: warning: {path}: [beatcop] timout: unknown key, ignored (did you mean timeout?)\n" in result.stderr
+    # The node warns, then waits for the Redis that is not there.
+    code, output = runTwistdConcurrently([("typo", path, None)], waiting=["typo"])["typo"]
+    assert code == 0, output
+    assert f"beatcop: warning: {path}: [beatcop] timout: unknown key, ignored (did you mean timeout?)\n" in output
     result = runTwistd("-c", path, "--config", other)
     assert result.returncode == 78, result
     assert result.stderr == f"beatcop: error: -c/--config given 2 times ({path}, {other}): give one file\n", result
@@ -590,16 +592,16 @@ def test_a_near_miss_is_named_and_two_config_files_are_refused(workdir):
     assert "Traceback" not in tool.stderr + result.stderr
 
 
-def test_unreachable_redis_is_one_line_exit_68(workdir):
+def test_unreachable_redis_is_waited_for_saying_so_in_one_line(workdir):
     from beatcop.testing.redis import freePort
+    from beatcop.testing.topologies import assertWaitsForRedis, runTwistdConcurrently
 
-    path = writeConfig(
-        os.path.join(workdir, "down.ini"), {"url": f"redis://127.0.0.1:{freePort()}/0"}, {"command": "true"}
-    )
-    result = runTwistd("-c", path)
-    assert result.returncode == 68, result
-    assert "Cannot reach Redis" in result.stdout
-    assert "Traceback" not in result.stdout + result.stderr
+    port = freePort()
+    path = writeConfig(os.path.join(workdir, "down.ini"), {"url": f"redis://127.0.0.1:{port}/0"}, {"command": "true"})
+    results = runTwistdConcurrently([("down", path, None)], waiting=["down"])
+    line = assertWaitsForRedis(*results["down"], f"Cannot connect to redis://127.0.0.1:{port}/0: Connection refused.",
+                               "Trying again in 0.2")
+    assert f"redis://127.0.0.1:{port}/0: redis://" not in line
 
 
 def test_a_redis_that_wants_a_password_and_gets_none_is_one_line_exit_77(workdir):

@@ -18,7 +18,7 @@ import pytest
 
 from beatcop.testing.processes import Cluster, writeConfig
 from beatcop.testing.redis import startRedisServer
-from beatcop.testing.topologies import Nutcracker, assertOneLineError, findNutcracker, runTwistdConcurrently
+from beatcop.testing.topologies import Nutcracker, assertWaitsForRedis, findNutcracker, runTwistdConcurrently
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc and prctl"),
@@ -86,7 +86,9 @@ def test_nodes_through_twemproxy(workdir):
 def test_proxy_misconfigurations(workdir):
     """
     Without proxy = yes, INFO through twemproxy fails at start-up with a
-    hint; notify = yes with proxy = yes is a configuration error.
+    hint (waited for: a proxy that closes the connection may also be one
+    whose Redis is down, and the line says what to set); notify = yes with
+    proxy = yes is a configuration error.
     """
     server = startRedisServer()
     proxy = Nutcracker(os.path.join(workdir, "proxy"), [server])
@@ -99,9 +101,8 @@ def test_proxy_misconfigurations(workdir):
             ("notify", writeConfig(os.path.join(workdir, "notify.ini"), {"url": url, "proxy": "yes"},
                                    dict(beatcop, notify="yes")), None),
         ]
-        results = runTwistdConcurrently(cases)
-        code, output = results["noproxy"]
-        assertOneLineError(code, output, 68, "INFO", "proxy = yes")
+        results = runTwistdConcurrently(cases, waiting=["noproxy"])
+        assertWaitsForRedis(*results["noproxy"], "INFO", "proxy = yes")
         code, output = results["notify"]
         assert code == 78, output
         assert "[beatcop] notify: must be no with [redis] proxy = yes" in output

@@ -19,6 +19,7 @@ from beatcop.config import (
     KEYS,
     Config,
     OnExit,
+    OnRedisLoss,
     RedisConfig,
     defaultKillGrace,
     defaultRefreshInterval,
@@ -168,6 +169,7 @@ class BeatCop1FileTests(ConfigTestMixin, SynchronousTestCase):
         self.assertEqual(config.safetyMargin, 250)
         self.assertEqual(config.stopSignal, signal.SIGTERM)
         self.assertIs(config.onExit, OnExit.EXIT)
+        self.assertIs(config.onRedisLoss, OnRedisLoss.EXIT)
         self.assertEqual(config.restartDelay, 1000)
         self.assertEqual(config.restartMaxDelay, 30000)
         self.assertEqual(dict(config.environment), {})
@@ -447,6 +449,13 @@ class NewKeysTests(ConfigTestMixin, SynchronousTestCase):
         for choice in OnExit:
             config = self.load(MINIMAL + f"on_exit = {choice.value}\n")
             self.assertIs(config.onExit, choice)
+
+    def test_onRedisLossChoices(self):
+        for choice in OnRedisLoss:
+            config = self.load(MINIMAL + f"on_redis_loss = {choice.value.upper()}\n")
+            self.assertIs(config.onRedisLoss, choice)
+        config = self.load(MINIMAL, {("beatcop", "on_redis_loss"): "standby"})
+        self.assertIs(config.onRedisLoss, OnRedisLoss.STANDBY)
 
     def test_restartMaxDelayFollowsLargeRestartDelay(self):
         config = self.load(MINIMAL + "restart_delay = 60000\n")
@@ -880,6 +889,12 @@ class ErrorTests(ConfigTestMixin, SynchronousTestCase):
         self.assertConfigError(
             MINIMAL + "on_exit = explode\n",
             "{path}: [beatcop] on_exit: not one of exit, restart, handover: 'explode'",
+        )
+
+    def test_badOnRedisLoss(self):
+        self.assertConfigError(
+            MINIMAL + "on_redis_loss = restart\n",
+            "{path}: [beatcop] on_redis_loss: not one of exit, standby: 'restart'",
         )
 
     def test_badShell(self):

@@ -24,22 +24,23 @@ from twisted.logger import capturedLogs, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from beatcop.child import ChildExit
-from beatcop.config import Config, OnExit, RedisConfig
+from beatcop.config import Config, OnExit, OnRedisLoss, RedisConfig
 from beatcop.containment import Containment, ContainmentMode
 from beatcop.errors import (
     EX_CONFIG,
-    EX_NOHOST,
+    EX_NOPERM,
     EX_OK,
     EX_OSERR,
     EX_PROTOCOL,
     EX_SOFTWARE,
     EX_UNAVAILABLE,
+    RedisProtocolError,
     RedisUnreachable,
 )
 from beatcop.lock import Attempt, RefreshOutcome
 from beatcop.observers import NodeObserver
 from beatcop.protocol import Takeover
-from beatcop.redisconn import RedisTimeout
+from beatcop.redisconn import RedisCommandError, RedisTimeout, SentinelServiceUnknown
 
 from beatcop.testing.fakes import FakeLease, FakeListener, FakeRedisClient, FakeRun
 from beatcop.service import BeatCopService, NodeState
@@ -80,6 +81,20 @@ def makeConfig(**changes):
         prestartGuard=False,
     )
     return dataclasses.replace(config, **changes)
+
+
+class RecordingObserver(NodeObserver):
+    def __init__(self):
+        self.events = []
+
+    def stateChanged(self, old, new):
+        self.events.append(("stateChanged", old, new))
+
+    def redisAvailable(self, available):
+        self.events.append(("redisAvailable", available))
+
+    def leaseLost(self, why):
+        self.events.append(("leaseLost", why))
 
 
 class ZeroJitter:
@@ -202,11 +217,68 @@ class ServiceTestCase(SynchronousTestCase):
 
 
 class StartUpTests(ServiceTestCase):
-    def test_redisUnreachableAtStartUpExits68(self):
-        self.startNode(client=FakeRedisClient(default=RedisUnreachable("redis.example:6379: Connection refused")))
-        self.assertFinished(EX_NOHOST)
+    def test_redisUnreachableAtStartUpIsWaitedOut(self):
+        """
+        Redis does not answer at start-up: the node tries again (after
+        0.25, 0.5, 1 s...), touches no lock and is not ready meanwhile, and
+        stands by once Redis answers (see L{beatcop.startupwait}).
+        """
+        refused = RedisUnreachable("redis://redis.example:6379/0: Connection refused")
+        observer = RecordingObserver()
+        node = self.makeNode(client=FakeRedisClient(refused, refused, refused, RedisTimeout("no reply to INFO")))
+        node.addObserver(observer)
+        node.startService()
+        self.assertEqual(node.state, NodeState.CONNECTING)
+        self.assertFalse(node.redisAvailable)
+        self.assertEqual(observer.events, [("stateChanged", NodeState.STOPPED, NodeState.CONNECTING),
+                                           ("redisAvailable", False)])
+        self.advance(0.25 + 0.5 + 1.0 + 2.0 - 0.001)
+        self.assertEqual(node.state, NodeState.CONNECTING)
         self.assertEqual(self.lock.calls, [])
-        self.assertEqual(self.children, [])
+        self.advance(0.001)
+        self.assertEqual(self.client.commands, [("INFO",)] * 5)
+        self.assertEqual(node.state, NodeState.STANDBY)
+        self.assertTrue(node.redisAvailable)
+        self.assertEqual(observer.events[-2:], [("redisAvailable", True),
+                                                ("stateChanged", NodeState.CONNECTING, NodeState.STANDBY)])
+        self.assertTimes(self.lock.sent("acquire"), [103.75])
+        self.assertNotFinished()
+
+    def test_redisLoadingAtStartUpIsWaitedOut(self):
+        loading = RedisCommandError("LOADING Redis is loading the dataset in memory")
+        node = self.startNode(client=FakeRedisClient(loading))
+        self.assertEqual(node.state, NodeState.CONNECTING)
+        self.advance(0.25)
+        self.assertEqual(node.state, NodeState.STANDBY)
+
+    def test_stoppedWhileWaitingForRedisFinishesAtOnceLeavingNothingScheduled(self):
+        node = self.startNode(client=FakeRedisClient(default=RedisUnreachable("down")))
+        self.advance(10)
+        node.stopService()
+        self.assertFinished(EX_OK)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.lock.calls, [])
+
+    def test_aRejectedPasswordAtStartUpExits77AtOnce(self):
+        self.startNode(client=FakeRedisClient(default=RedisProtocolError(
+            "redis://redis.example:6379/0: Redis error: could not auth: WRONGPASS invalid username-password pair",
+            exitCode=EX_NOPERM)))
+        self.assertFinished(EX_NOPERM)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_aSentinelThatDoesNotKnowTheServiceExits78AtOnce(self):
+        self.startNode(client=FakeRedisClient(default=SentinelServiceUnknown("no sentinel knows a master named 'x'")))
+        self.assertFinished(EX_CONFIG)
+
+    def test_aPermanentErrorAfterWaitingStillExitsWithItsCode(self):
+        """
+        Redis comes back as something BeatCop cannot use: the wait ends
+        with that error's exit code.
+        """
+        self.startNode(client=FakeRedisClient(RedisUnreachable("down"), default="redis_version:2.4.0\r\n"))
+        self.assertNotFinished()
+        self.advance(0.25)
+        self.assertFinished(EX_PROTOCOL)
 
     def test_redisTooOldExits76(self):
         self.startNode(client=FakeRedisClient(default="redis_version:2.6.0\r\n"))
@@ -256,10 +328,10 @@ class StartUpTests(ServiceTestCase):
         self.assertTimes(self.lock.sent("acquire"), [12.5])
 
     def test_whenFinishedAfterTheEndFiresAtOnce(self):
-        self.startNode(client=FakeRedisClient(default=RedisUnreachable("down")))
+        self.startNode(client=FakeRedisClient(default="redis_version:2.4.0\r\n"))
         codes = []
         self.node.whenFinished().addCallback(codes.append)
-        self.assertEqual(codes, [EX_NOHOST])
+        self.assertEqual(codes, [EX_PROTOCOL])
 
 
 EVICTING = "# Server\r\nredis_version:7.2.4\r\n# Memory\r\nmaxmemory:104857600\r\nmaxmemory_policy:allkeys-lru\r\n"
@@ -1104,6 +1176,131 @@ class ChildExitTests(ServiceTestCase):
         self.assertEqual(len(self.children), 2)
         self.assertEqual(self.children[1].environment["BEATCOP_FENCING_TOKEN"], "9")
         self.assertAlmostEqual(self.children[1].killBy, 15.6 + GUARD_AFTER, places=PLACES)
+
+
+class OnRedisLossTests(ServiceTestCase):
+    """
+    C{on_redis_loss = standby}: a holder that can no longer prove its lease
+    stops its command by the same deadline as with C{exit}, and then stands
+    by again instead of finishing (STOPPING -> STANDBY, or RESTARTING ->
+    STANDBY when no command was running).
+    """
+
+    def runningStandingByAfterLoss(self, when=10.0, **changes):
+        return self.runningAt(when, onRedisLoss=OnRedisLoss.STANDBY, **changes)
+
+    def test_theCommandIsStoppedByTheSameDeadlineThenTheNodeStandsBy(self):
+        child = self.runningStandingByAfterLoss()
+        observer = RecordingObserver()
+        self.node.addObserver(observer)
+        self.advanceTo(11.0)
+        self.advanceTo(11.3)
+        self.lock.answer("refresh", RefreshOutcome.REFRESHED)
+        for when in (12.0, 13.0, 14.0):
+            self.advanceTo(when)
+            self.lock.answer("refresh", RedisUnreachable("redis.example:6379: Connection refused"))
+        self.advanceTo(14.8 - 0.001)
+        self.assertEqual(child.stops, [])
+        self.advanceTo(14.8)
+        # Exactly as with on_redis_loss = exit (test_childKilledBeforeLeaseExpiresWhenRedisFails).
+        self.assertStoppedAt(child, 11.0 + STOP_AFTER, killDue=11.0 + DEAD_AFTER)
+        self.assertEqual(self.node.state, NodeState.STOPPING)
+        self.assertEqual(self.lock.sent("acquire"), [10.0])
+        self.advanceTo(15.8)
+        child.exit(signal=signal.SIGKILL)
+        self.assertEqual(self.node.state, NodeState.STANDBY)
+        self.assertNotFinished()
+        self.assertIsNone(self.node.exitCode)
+        self.assertNotReleased()
+        self.assertIn(("stateChanged", NodeState.STOPPING, NodeState.STANDBY), observer.events)
+        # It tries again at once; Redis still down: every refresh interval.
+        self.assertTimes(self.lock.sent("acquire"), [10.0, 15.8])
+        self.lock.answer("acquire", RedisUnreachable("redis.example:6379: Connection refused"))
+        self.advanceTo(16.8)
+        self.assertTimes(self.lock.sent("check"), [16.8])
+        # Redis back, the lock expired: it takes it like any standby, a new run.
+        self.lock.answer("check", -2)
+        self.assertTimes(self.lock.sent("acquire"), [10.0, 15.8, 16.8])
+        self.lock.answer("acquire", Attempt(True, 8, 5000, HOLDER))
+        self.assertEqual(self.node.state, NodeState.STARTING)
+        self.assertEqual(len(self.children), 2)
+        self.assertEqual(self.children[1].environment["BEATCOP_FENCING_TOKEN"], "8")
+        self.assertTrue(self.node.redisAvailable)
+
+    def test_aLeaseTakenByAnotherNodeStandsByBehindIt(self):
+        child = self.runningStandingByAfterLoss()
+        self.advanceTo(11.0)
+        self.lock.answer("refresh", RefreshOutcome.TAKEN)
+        self.assertEqual(len(child.stops), 1)
+        child.exit(code=0)
+        self.assertEqual(self.node.state, NodeState.STANDBY)
+        self.lock.answer("acquire", Attempt(False, 9, 4000, OTHER))
+        self.assertEqual(self.node.state, NodeState.STANDBY)
+        self.assertNotFinished()
+
+    def test_aLeaseLostWhileRestartingStandsByAtOnce(self):
+        child = self.runningStandingByAfterLoss(onExit=OnExit.RESTART, restartDelay=5000)
+        child.exit(code=1)
+        self.assertEqual(self.node.state, NodeState.RESTARTING)
+        self.advanceTo(11.0)
+        self.lock.answer("refresh", RefreshOutcome.TAKEN)
+        self.assertEqual(self.node.state, NodeState.STANDBY)
+        self.advanceTo(20.0)
+        self.assertEqual(len(self.children), 1)  # the restart was cancelled
+        self.assertNotFinished()
+
+    def test_aFrozenHolderWakingPastItsStopPointStandsBy(self):
+        child = self.runningStandingByAfterLoss()
+        self.clock.rightNow = 13.95  # no timer has run since 10.0
+        child.exit(signal=signal.SIGKILL)
+        self.assertEqual(self.node.state, NodeState.STANDBY)
+        self.assertNotReleased()
+
+    def test_aCleanStopAfterStandingByAgainExits0(self):
+        child = self.runningStandingByAfterLoss()
+        self.advanceTo(13.8)
+        child.exit(signal=signal.SIGTERM)
+        self.assertEqual(self.node.state, NodeState.STANDBY)
+        self.lock.answer("acquire", RedisUnreachable("down"))
+        self.node.stopService()
+        self.assertFinished(EX_OK)
+
+    def test_aCleanStopWhoseLeaseIsLostMeanwhileStillExits69(self):
+        child = self.runningStandingByAfterLoss()
+        self.node.stopService()
+        self.advanceTo(13.8)
+        child.exit(signal=signal.SIGTERM)
+        self.assertFinished(EX_UNAVAILABLE)
+
+    def test_aBugStillFinishes70(self):
+        child = self.runningStandingByAfterLoss()
+        self.advanceTo(11.0)
+        self.lock.answer("refresh", ZeroDivisionError("boom"))
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        child.exit(code=0)
+        self.assertFinished(EX_SOFTWARE)
+
+    def test_anEvictingRedisStillFinishes78(self):
+        child = self.runningStandingByAfterLoss()
+        self.client.default = EVICTING
+        self.client.reconnected()
+        child.exit(signal=signal.SIGTERM)
+        self.lock.answer("release", True)
+        self.assertFinished(EX_CONFIG)
+
+    def test_theDefaultExits69(self):
+        self.assertIs(makeConfig().onRedisLoss, OnRedisLoss.EXIT)
+        child = self.runningAt(10.0)
+        self.advanceTo(13.8)
+        child.exit(signal=signal.SIGTERM)
+        self.assertFinished(EX_UNAVAILABLE)
+
+    def test_anEmbedderChoosesOverTheConfiguration(self):
+        node = self.makeNode()
+        self.assertIs(node.onRedisLoss, OnRedisLoss.EXIT)
+        node = BeatCopService(makeConfig(), reactor=Clock(), client=FakeRedisClient(), lock=FakeLease(Clock()),
+                              containment=self.containment, onRedisLoss="standby")
+        self.assertIs(node.onRedisLoss, OnRedisLoss.STANDBY)
 
 
 class StopServiceTests(ServiceTestCase):

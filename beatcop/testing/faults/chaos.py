@@ -145,6 +145,8 @@ def main(argv=None):
     parser.add_argument("--no-daemon", action="store_true", help="the command starts no daemon")
     parser.add_argument("--containment", default="auto", choices=("auto", "cgroup", "subreaper"),
                         help="the nodes' containment (default auto)")
+    parser.add_argument("--on-redis-loss", default="exit", choices=("exit", "standby"),
+                        help="the nodes' on_redis_loss (default exit); one server only")
     parser.add_argument("--plan", type=int, default=None, metavar="N",
                         help="print the seed's first N steps and exit")
     own = parser.add_argument_group("your own Redis and settings (see docs/soak.md)")
@@ -175,6 +177,8 @@ def main(argv=None):
     if options.plan is None:
         options.server = redisServerOf(parser, options)
     if options.topology != "single":
+        if options.on_redis_loss != "exit":
+            parser.error("--on-redis-loss is for --topology single")
         if not 2 <= options.nodes <= 10:
             parser.error("--nodes must be between 2 and 10")
         return runFailovers(options)
@@ -191,8 +195,8 @@ def main(argv=None):
         parser.error("--nodes must be between 2 and 10")
     replyTimeoutMs = int(options.redisSettings.get("reply_timeout", min(1000, options.ttl // 5)))
 
-    print(f"chaos: seed {options.seed}, {options.nodes} nodes, {options.duration:g} s, TTL {options.ttl} ms",
-          flush=True)
+    print(f"chaos: seed {options.seed}, {options.nodes} nodes, {options.duration:g} s, TTL {options.ttl} ms,"
+          f" on_redis_loss = {options.on_redis_loss}", flush=True)
     print(f"server: {options.server['path']} ({options.server['version']})", flush=True)
     directory = tempfile.mkdtemp(prefix="bchaos-")
     redis = startRedisServer()
@@ -200,7 +204,7 @@ def main(argv=None):
         cluster = FaultCluster(
             directory, redis, ttl=options.ttl, recorderOptions=recorderOptionsOf(options),
             redisOptions=options.redisSettings or None, restartDelay=options.restart_delay,
-            containment=options.containment, **options.beatcopSettings,
+            containment=options.containment, on_redis_loss=options.on_redis_loss, **options.beatcopSettings,
         )
     except BaseException:
         redis.stop()
@@ -226,7 +230,9 @@ def _soak(cluster, redis, options, replyTimeoutMs):
             pass
 
     chaos = Chaos(cluster, options.ttl, replyTimeoutMs, log=lambda text: print(text, flush=True))
-    return soak(cluster, chaos, options, summarize, table=options.table, startTimeout=30, heal=heal)
+    result = soak(cluster, chaos, options, summarize, table=options.table, startTimeout=30, heal=heal)
+    result["on_redis_loss"] = options.on_redis_loss
+    return result
 
 
 if __name__ == "__main__":

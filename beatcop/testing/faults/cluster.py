@@ -506,6 +506,22 @@ class FaultCluster(Cluster):
         self.redis.resume()
         self.timeline.set(("redis",), "up")
 
+    def killRedis(self):
+        """
+        kill -9 Redis; it stays down until L{startRedis}.
+        """
+        self.fault("kill -9 redis")
+        self.timeline.set(("redis",), "down")
+        self.redis.kill()
+
+    def startRedis(self):
+        """
+        Start Redis again after L{killRedis}, empty, on the same port.
+        """
+        self.fault("start redis (empty)")
+        self.redis.startAgain()
+        self.timeline.set(("redis",), "up")
+
     def restartRedis(self):
         """
         kill -9 Redis and start it again, empty, on the same port.

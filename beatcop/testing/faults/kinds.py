@@ -31,6 +31,7 @@ KINDS = {
     "redis_mild_delay": 1,
     "redis_pause": 2,
     "redis_restart_empty": 2,
+    "redis_kill": 2,
     "child_crash": 2,
     "child_ignores_term_clean_stop": 2,
     "child_ignores_term_cut_off": 2,
@@ -237,6 +238,15 @@ class Chaos:
 
     def redis_restart_empty(self, step, holder, start, duration, entry):
         self.cluster.restartRedis()
+
+    def redis_kill(self, step, holder, start, duration, entry):
+        # Down for 1 to 2.5 TTL (every lease is lost), then back, empty.
+        entry["seconds"] = round(duration, 3)
+        self.cluster.killRedis()
+        try:
+            time.sleep(duration)
+        finally:
+            self.cluster.startRedis()
 
     def child_crash(self, step, holder, start, duration, entry):
         # The command dies on its own, by a signal it does not handle.

@@ -172,7 +172,7 @@ def render(result):
     ] + verdictRows(result)
     lines = [
         f"seed {result['seed']}, {result['nodes']} nodes, {result['elapsed_s']} s, TTL {result['ttl_ms']} ms,"
-        f" containment {result.get('containment', 'auto')}",
+        f" containment {result.get('containment', 'auto')}, on_redis_loss {result.get('on_redis_loss', 'exit')}",
     ] + setupLines(result) + [
         "",
         textTable(rows),
