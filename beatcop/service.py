@@ -291,7 +291,7 @@ class BeatCopService(service.Service):
         elif state in (NodeState.STOPPED, NodeState.CONNECTING, NodeState.STANDBY):
             self._finish(EX_OK if self.exitCode is None else self.exitCode, "stopped")
         elif state in (NodeState.STARTING, NodeState.RUNNING):
-            self.log.info("Stopping: the command will be stopped and the lock released")
+            self.log.info("Stopping: the {what} will be stopped and the lock released", what=self.supervisor.what)
             self._stopChild()
         elif state is NodeState.RESTARTING:
             self._release()
@@ -688,9 +688,10 @@ class BeatCopService(service.Service):
             return
         self._operatorStop = outcome
         if outcome is RefreshOutcome.PAUSED:
-            self.log.warn("Paused by an operator: stopping the command and releasing the lock")
+            self.log.warn("Paused by an operator: stopping the {what} and releasing the lock", what=self.supervisor.what)
         else:
-            self.log.info("Handover asked by an operator: stopping the command and releasing the lock")
+            self.log.info("Handover asked by an operator: stopping the {what} and releasing the lock",
+                          what=self.supervisor.what)
         if self.state is NodeState.RESTARTING:
             self._release(handover=True)
         else:

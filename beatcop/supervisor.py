@@ -103,6 +103,15 @@ class CommandSupervisor:
         return self.run.commandPid if self.run is not None else None
 
     @property
+    def what(self):
+        """
+        What a run is, for log lines.
+        """
+        if self.service is None:
+            return "command"
+        return "leader-only service" if self._config.command is None else "command and the leader-only service"
+
+    @property
     def leadership(self):
         """
         The current run's L{Leadership}, or L{NotLeading} between runs.
