@@ -321,7 +321,8 @@ class BeatCopService(service.Service):
             "token": self.lock.token if holding else None,
             "since": self._holdingSince if holding else None,
             "command_pid": self.supervisor.commandPid,
-            "containment": self.containment.mode.value if self.containment is not None else None,
+            "containment": self.containment.mode.value if self.containment is not None
+            else "in-process" if self.config.command is None else None,  # a leader-only service alone
             "cgroup_parent": self.containment.parent if self.containment is not None else None,
             # What lets a node of this host prove this one dead (see
             # beatcop.neighbours).

@@ -11,8 +11,10 @@ firing out of turn would be seen.  Waits are on recorded events, each
 bounded.
 """
 
+import json
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -73,6 +75,13 @@ def test_exactly_one_timer_fires_through_handovers(makeCluster):
     cluster.waitForEvents("fire", len(fires(cluster)) + 5)
     report = cluster.assertExactlyOne()
     assert report.tokens() == [1, 2, 3, 4], report.describe()
+    # beatcop status reads the same file, which has no command.
+    status = subprocess.run([sys.executable, "-m", "beatcop", "status", "-c", cluster.configPath, "--json"],
+                            capture_output=True, text=True, env=nodeEnvironment(), timeout=30)
+    assert status.returncode == 0, status.stderr
+    described = json.loads(status.stdout)
+    assert (described["held"], described["token"]) == (True, 4), described
+    assert {node["containment"] for node in described["nodes"]} == {"in-process"}, described
     assert not report.refused, report.describe()
     assert report.store.accepted == len(report.fires) and not report.store.rejected
 
