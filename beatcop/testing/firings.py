@@ -73,18 +73,19 @@ def checkFirings(history, margin, deaths=None, freezes=None, store=None):
     Check a history written by L{beatcop.testing.timerapp} nodes.
 
     @param margin: the configuration's safety margin (seconds).
-    @param deaths: C{{node: monotonic time}} of nodes the test killed
-        (their service ran until then, at most).
-    @param freezes: C{{node: (frozen at, thawed at)}} of nodes the test
-        froze.
+    @param deaths: C{{pid: monotonic time}} of node processes the test
+        killed (their service ran until then, at most); a node's name
+        stands for all its processes.
+    @param freezes: C{{pid: (frozen at, thawed at)}} of node processes the
+        test froze (or by name).
     @param store: the fenced store's path, if the firings wrote to one.
     @return: a L{FiringsReport}.
     """
     deaths = deaths or {}
     freezes = freezes or {}
 
-    def frozenDuring(node, start, end):
-        frozen = freezes.get(node)
+    def frozenDuring(process, start, end):
+        frozen = freezes.get(process[1], freezes.get(process[0]))
         if frozen is not None and start <= frozen[0] < end and end >= frozen[1]:
             return frozen
         return None
@@ -126,16 +127,18 @@ def checkFirings(history, margin, deaths=None, freezes=None, store=None):
                 f" {later[0]['token']} at {later[0]['t']:.3f}"
             )
 
-    # The services' intervals, node by node, in order.
+    # The services' intervals, process by process (a node restarted is
+    # another process), in order.
     intervals = []
     open_ = {}
     for event in sorted(events, key=lambda e: e["t"]):
+        process = (event["node"], event["pid"])
         node = event["node"]
         if event["event"] == "start":
-            open_[node] = event
-        elif event["event"] == "stop" and node in open_:
-            start = open_.pop(node)
-            frozen = frozenDuring(node, start["t"], event["t"])
+            open_[process] = event
+        elif event["event"] == "stop" and process in open_:
+            start = open_.pop(process)
+            frozen = frozenDuring(process, start["t"], event["t"])
             if frozen is not None:
                 intervals.append((node, start["token"], start["t"], frozen[0],
                                   f"frozen, stopped {event['t'] - frozen[1]:.3f} s after the thaw"))
@@ -146,13 +149,16 @@ def checkFirings(history, margin, deaths=None, freezes=None, store=None):
                     f"{node}'s service (token {start['token']}) stopped at {event['t']:.3f}, its lease proven"
                     f" until {event.get('provenUntil')} (margin {margin})"
                 )
-    for node, start in open_.items():
-        mine = [e["t"] for e in events if e["node"] == node]
-        end = deaths.get(node, max(mine))
-        frozen = frozenDuring(node, start["t"], max(end, freezes.get(node, (0, 0))[1]))
+    for process, start in open_.items():
+        node, pid = process
+        mine = [e["t"] for e in events if (e["node"], e["pid"]) == process]
+        death = deaths.get(pid, deaths.get(node))
+        end = death if death is not None else max(mine)
+        thawed = freezes.get(pid, freezes.get(node, (0, 0)))[1]
+        frozen = frozenDuring(process, start["t"], max(end, thawed))
         if frozen is not None:
             end = frozen[0]
-        intervals.append((node, start["token"], start["t"], end, "killed" if node in deaths else "not stopped"))
+        intervals.append((node, start["token"], start["t"], end, "killed" if death is not None else "not stopped"))
     intervals.sort(key=lambda interval: interval[2])
     for index, (node, token, start, end, _) in enumerate(intervals):
         for other, otherToken, otherStart, otherEnd, _ in intervals[index + 1 :]:
