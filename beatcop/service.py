@@ -226,7 +226,9 @@ class BeatCopService(service.Service):
         d = defer.Deferred(lambda d: self._stateWaiters.remove((state, d)))
         self._stateWaiters.append((state, d))
         if timeout is not None:
-            d.addTimeout(timeout, self._reactor, onTimeoutCancel=lambda result, timeout: self._notInState(state, timeout))
+            d.addTimeout(
+                timeout, self._reactor, onTimeoutCancel=lambda result, timeout: self._notInState(state, timeout)
+            )
         return d
 
     def _notInState(self, state, timeout):
@@ -689,7 +691,8 @@ class BeatCopService(service.Service):
             return
         self._operatorStop = outcome
         if outcome is RefreshOutcome.PAUSED:
-            self.log.warn("Paused by an operator: stopping the {what} and releasing the lock", what=self.supervisor.what)
+            self.log.warn("Paused by an operator: stopping the {what} and releasing the lock",
+                          what=self.supervisor.what)
         else:
             self.log.info("Handover asked by an operator: stopping the {what} and releasing the lock",
                           what=self.supervisor.what)

@@ -148,8 +148,8 @@ class Bench:
             "",
             f"Thawed holders' late ticks, refused: {self.refused} (none fired after its freeze)"
             if not any("after its freeze" in p for p in self.problems) else "A thawed holder fired!",
-            f"{self.fires} firings, tokens {self.tokens[0] if self.tokens else '-'}..{self.tokens[-1] if self.tokens else '-'};"
-            f" checks: {'ok' if not self.problems else 'FAILED'}",
+            f"{self.fires} firings, tokens {self.tokens[0] if self.tokens else '-'}.."
+            f"{self.tokens[-1] if self.tokens else '-'}; checks: {'ok' if not self.problems else 'FAILED'}",
         ]
         lines += [f"  PROBLEM: {problem}" for problem in self.problems]
         return "\n".join(lines)

@@ -6,7 +6,6 @@ the trial bridge whenever pytest-twisted is active.  Run in a pytest of its
 own, in a directory of its own, as the project's CI would.
 """
 
-import os
 import subprocess
 import sys
 import textwrap

@@ -313,7 +313,9 @@ class CheckedTests(SynchronousTestCase):
         self.assertIsNone(config.command)
         self.assertEqual(config.lockName, "mails")
         error = self.assertRaises(ConfigError, loadConfig, None, {("redis", "url"): "redis://h"}, requireCommand=False)
-        self.assertEqual(str(error), "command line: [beatcop] lockname: missing: without a command, give the lock's name")
+        self.assertEqual(
+            str(error), "command line: [beatcop] lockname: missing: without a command, give the lock's name"
+        )
         # What runs commands still requires one; a tool that only talks to Redis does not.
         error = self.assertRaises(ConfigError, loadConfig, None, {("beatcop", "lockname"): "mails"})
         self.assertIn("[beatcop] command: missing", str(error))
