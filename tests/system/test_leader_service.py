@@ -101,7 +101,7 @@ def test_kill9_of_the_holder_moves_the_timer_once_its_lease_expired(makeCluster,
     holder.wait(5)
     second = cluster.waitForEvents("start", 2, timeout=TTL + 3)
     assert second["node"] != holder.name and second["token"] == first["token"] + 1
-    assert second["t"] - killedAt < TTL + 0.5, cluster.logs()
+    assert second["t"] - killedAt < TTL + 1, cluster.logs()
     assert redisServer.client().get("leader-timer") is not None
     cluster.node(second["node"]).waitForLog("the lease of")
     cluster.waitForEvents("fire", len(fires(cluster)) + 3)
@@ -203,7 +203,7 @@ def test_a_service_that_will_not_stop_ends_its_process_before_the_lease_could_ex
     holder.send(signal.SIGTERM)
     assert holder.wait(5) == 70, holder.log()
     endedAt = time.monotonic()
-    assert endedAt - stopping < GRACE + 0.5, holder.log()
+    assert endedAt - stopping < GRACE + 1, holder.log()  # at the grace, not a lease later
     assert "did not stop within" in holder.log() and "ending this process (exit code 70" in holder.log()
     assert "Released lock" not in holder.log()
     second = cluster.waitForEvents("start", 2, timeout=TTL + 3)
