@@ -8,6 +8,9 @@ C{import beatcop} stays cheap:
 
   - the node: L{BeatCopService} (an C{IService}), L{NodeState}, and
     L{NodeObserver} (a base for observers of what a node does);
+  - a leader-only service (C{BeatCopService(config, service=...)}): its
+    lease as it sees it, L{Leadership}, and L{StuckStop} (what a service
+    that will not stop in time costs);
   - the lease on its own: L{RedisLock}, the L{Attempt} its acquisitions
     answer, the L{RefreshOutcome} of its refreshes;
   - the configuration: L{loadConfig}, L{Config}, L{RedisConfig},
@@ -16,10 +19,12 @@ C{import beatcop} stays cheap:
     configuration, the embedded Redis started first);
   - how runs are contained: L{detectContainment}, L{Containment};
   - what collaborators promise (zope.interface): L{INode}, L{ILease},
-    L{IRun}, L{IRedisClient}, L{IReleaseListener}, L{INodeObserver};
+    L{IRun}, L{IRedisClient}, L{IReleaseListener}, L{INodeObserver},
+    L{ILeadership};
   - expected failures, each with its exit code: L{BeatCopError},
     L{ConfigError}, L{RedisUnreachable}, L{RedisProtocolError},
-    L{LeaseLost}, L{ChildStartError}, L{NodeFinished}.
+    L{LeaseLost}, L{ChildStartError}, L{NodeFinished}; and
+    L{NodeStateTimeout} (C{whenState} timed out).
 
 Testing an application that embeds BeatCop: L{beatcop.testing}.
 """
@@ -30,6 +35,8 @@ _EXPORTS = {
     "BeatCopService": "beatcop.service",
     "NodeState": "beatcop.service",
     "NodeObserver": "beatcop.service",
+    "Leadership": "beatcop.leadership",
+    "StuckStop": "beatcop.inprocess",
     "RedisLock": "beatcop.lock",
     "Attempt": "beatcop.lock",
     "RefreshOutcome": "beatcop.lock",
@@ -49,6 +56,7 @@ _EXPORTS = {
     "IRedisClient": "beatcop.interfaces",
     "IReleaseListener": "beatcop.interfaces",
     "INodeObserver": "beatcop.interfaces",
+    "ILeadership": "beatcop.interfaces",
     "BeatCopError": "beatcop.errors",
     "ConfigError": "beatcop.errors",
     "RedisUnreachable": "beatcop.errors",
@@ -56,6 +64,7 @@ _EXPORTS = {
     "LeaseLost": "beatcop.errors",
     "ChildStartError": "beatcop.errors",
     "NodeFinished": "beatcop.errors",
+    "NodeStateTimeout": "beatcop.errors",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

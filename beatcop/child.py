@@ -45,7 +45,14 @@ class ChildExit:
     @ivar code: the exit status to pass on: the command's own, or 128 + N
         when a signal N killed it (as shells report it).
     @ivar signal: the signal that killed it, or C{None}.
+    @cvar what: what ran, for log lines ("The command exited ...").
+    @cvar abandoned: whether the run was given up while it may still act
+        (only an in-process service can be: L{beatcop.inprocess}); the node
+        then leaves the lease to expire rather than release it.
     """
+
+    what = "command"
+    abandoned = False
 
     def __init__(self, code=None, signal=None):
         self.signal = signal

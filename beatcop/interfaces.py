@@ -272,6 +272,8 @@ class INodeObserver(Interface):
     def stateChanged(old, new):
         """
         The node moved from one L{beatcop.states.NodeState} to another.
+        C{old} is C{None} when the observer is told the state the node was
+        in as it was added (an observer added once the node started).
         """
 
     def acquired(token):
@@ -305,17 +307,41 @@ class INodeObserver(Interface):
 
     def childStarted(pid):
         """
-        The command started as C{pid}.
+        The command started as C{pid}; C{None} for a leader-only service
+        that runs without a command.
         """
 
     def childExited(code):
         """
-        The command ended with exit status C{code} (128+N for signal N).
+        The command ended with exit status C{code} (128+N for signal N); a
+        leader-only service without a command: 0 once it stopped, 70 when
+        it failed to start or would not stop.
         """
 
     def redisAvailable(available):
         """
         Redis started failing (C{False}) or answers again (C{True}).
+        """
+
+
+class ILeadership(Interface):
+    """
+    One term of a node's lease as in-process code sees it
+    (L{beatcop.leadership.Leadership}; L{beatcop.leadership.NotLeading}
+    between terms).
+    """
+
+    token = Attribute("The fencing token of this term (None: not leading).")
+    lockName = Attribute("The lock's key.")
+    holderId = Attribute("The node's holder id.")
+    provenUntil = Attribute("Until when Redis proved the lease (monotonic seconds), or None.")
+    proven = Attribute("Whether the lease is proven at this instant, with the safety margin to spare.")
+    ended = Attribute("Whether this term's run has ended.")
+
+    def check():
+        """
+        @return: the token if L{proven}.
+        @raise beatcop.errors.LeaseLost: if not.
         """
 
 
@@ -325,6 +351,7 @@ class INode(IService):
     """
 
     state = Attribute("The current NodeState.")
+    leadership = Attribute("The current run's ILeadership (a NotLeading one between runs).")
     exitCode = Attribute("The exit code decided so far, or None.")
     holdsLease = Attribute("Whether this node holds a lease it can still prove.")
     redisAvailable = Attribute("Whether Redis answered this node's last command.")
@@ -358,4 +385,4 @@ class INode(IService):
         """
 
 
-__all__ = ["IRedisClient", "ILease", "IRun", "IReleaseListener", "INodeObserver", "INode"]
+__all__ = ["IRedisClient", "ILease", "IRun", "IReleaseListener", "INodeObserver", "ILeadership", "INode"]

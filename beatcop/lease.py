@@ -32,6 +32,9 @@ class LeaseDeadline:
 
     @ivar provenUntil: the monotonic time until which the lease is proven,
         or C{None} when no lease is held.
+    @ivar lastProvenUntil: the latest C{provenUntil}, kept after the lease
+        is released or lost (for the record of a leader-only service that
+        stopped: L{beatcop.leadership}).
     """
 
     def __init__(self, timing, clock, monotonic, onStopPoint):
@@ -48,6 +51,7 @@ class LeaseDeadline:
         self._onStopPoint = onStopPoint
         self._call = None
         self.provenUntil = None
+        self.lastProvenUntil = None
 
     @property
     def held(self):
@@ -63,7 +67,7 @@ class LeaseDeadline:
         provenUntil = sentAt + self._timing.ttl
         if self.provenUntil is not None and provenUntil <= self.provenUntil:
             return False
-        self.provenUntil = provenUntil
+        self.provenUntil = self.lastProvenUntil = provenUntil
         self._cancel()
         delay = max(0.0, self.stopPoint() - self._monotonic())
         self._call = self._clock.callLater(delay, self._passed)

@@ -63,13 +63,16 @@ class Observers:
 
     def tell(self, event, *args):
         for observer in list(self._observers):
-            method = getattr(observer, event, None)
-            if method is None:
-                continue  # an observer written before this event existed
-            try:
-                method(*args)
-            except Exception:
-                self.log.failure("Observer {observer!r} failed on {event}", observer=observer, event=event)
+            self.tellOne(observer, event, *args)
+
+    def tellOne(self, observer, event, *args):
+        method = getattr(observer, event, None)
+        if method is None:
+            return  # an observer written before this event existed
+        try:
+            method(*args)
+        except Exception:
+            self.log.failure("Observer {observer!r} failed on {event}", observer=observer, event=event)
 
 
 __all__ = ["NodeObserver", "Observers"]

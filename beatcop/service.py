@@ -33,10 +33,13 @@ from zope.interface import implementer
 from . import __version__, standby
 from .containment import detectContainment
 from .config import OnRedisLoss
-from .errors import EX_OK, EX_SOFTWARE, EX_UNAVAILABLE, BeatCopError, EvictionRisk, NodeFinished, RedisUnreachable
+from .errors import (
+    EX_OK, EX_SOFTWARE, EX_UNAVAILABLE, BeatCopError, EvictionRisk, NodeFinished, NodeStateTimeout, RedisUnreachable,
+)
 from .interfaces import INode
 from .lease import LeaseDeadline
 from .identity import Proc
+from .inprocess import StuckStop, checkLeaderService
 from .lock import EMPTY, RedisLock, RefreshOutcome
 from .neighbours import settleDeadNeighbours
 from .notify import ReleaseListener
@@ -75,9 +78,10 @@ class BeatCopService(service.Service):
 
     def __init__(self, config, reactor=None, client=None, lock=None, monotonic=time.monotonic,
                  randomSource=None, childFactory=None, listenerFactory=None, containment=None,
-                 identity=None, onRedisLoss=None):
+                 identity=None, onRedisLoss=None, service=None, onStuckStop=StuckStop.EXIT, exitProcess=os._exit):
         """
-        @param config: a L{beatcop.config.Config}.
+        @param config: a L{beatcop.config.Config}; its C{command} may be
+            C{None} when a C{service} is given.
         @param reactor: provides process spawning and time; the global
             reactor if C{None}.
         @param client: an L{IRedisClient}; default one made from the
@@ -101,7 +105,21 @@ class BeatCopService(service.Service):
             exit code 69 (C{EXIT}), or stand by again (C{STANDBY}, for an
             application that runs on whatever Redis does); default the
             configuration's C{on_redis_loss}.
+        @param service: a leader-only service (any L{IService}, without a
+            parent), started when this node wins the lease and stopped
+            before the lease could expire, instead of the command (or beside
+            it); see L{beatcop.inprocess}.  Its lease: L{leadership}.
+        @param onStuckStop: what happens when that service has not stopped
+            C{kill_grace} after it was asked to: a L{StuckStop} (or its
+            value), C{"exit"} (default: end the process, exit code 70) or
+            C{"abandon"}.
+        @param exitProcess: how C{"exit"} ends the process (C{os._exit};
+            tests pass a fake).
+        @raise ConfigError: neither a command nor a service, or a service
+            that is not one, or that has a parent (which would start it on
+            every node).
         """
+        checkLeaderService(config, service)
         if reactor is None:
             from twisted.internet import reactor
         self.config = config
@@ -121,6 +139,7 @@ class BeatCopService(service.Service):
             reactor, config, self.lock, containment, monotonic, self._track,
             self._childStarted, self._childFailedToStart, self._childEnded,
             **({"runFactory": childFactory} if childFactory is not None else {}),
+            deadline=self.deadline, service=service, onStuckStop=onStuckStop, exitProcess=exitProcess,
         )
         self.state = NodeState.STOPPED
         self.exitCode = None
@@ -180,6 +199,17 @@ class BeatCopService(service.Service):
         return self.supervisor.run
 
     @property
+    def leadership(self):
+        """
+        The lease of the current run (of the command, or of the leader-only
+        service) as in-process code sees it: a
+        L{beatcop.leadership.Leadership} with its fencing C{token}, and
+        C{proven}, true only while the lease is proven at that instant;
+        between runs a L{beatcop.leadership.NotLeading} (never proven).
+        """
+        return self.supervisor.leadership
+
+    @property
     def redisAvailable(self):
         return not self._redisFailing
 
@@ -208,14 +238,50 @@ class BeatCopService(service.Service):
         d = defer.Deferred(lambda d: self._stateWaiters.remove((state, d)))
         self._stateWaiters.append((state, d))
         if timeout is not None:
-            d.addTimeout(timeout, self._reactor)
+            d.addTimeout(
+                timeout, self._reactor, onTimeoutCancel=lambda result, timeout: self._notInState(state, timeout)
+            )
         return d
 
+    def _notInState(self, state, timeout):
+        raise NodeStateTimeout(
+            f"the node did not reach {state.name} within {timeout:g} s: it is {self.state.name}"
+            + (f" (exit code {self.exitCode})" if self.exitCode is not None else ""),
+            state=state,
+            current=self.state,
+            timeout=timeout,
+        )
+
     def startService(self):
+        """
+        Start the node: connect, then stand by for the lease.  Starting a
+        node that runs is ignored (with a warning), as Twisted's own
+        services do: the usual cause is a node started by hand (or by
+        C{makeNode()}, unless C{start=False}) and then added to a running
+        C{MultiService}, or started with its parent.  A node that was
+        stopped cannot be started again: make a new one.
+        """
+        if self.state is not NodeState.STOPPED:
+            self._startedAgain()
+            return
         super().startService()
         self._moveTo(NodeState.CONNECTING)
         if self._contain():
             self._track(self._connect())
+
+    def _startedAgain(self):
+        if self.running and self.state is not NodeState.FINISHED:
+            self.log.warn(
+                "startService() called on a node that is already started ({state}): ignored. Was it started"
+                " before it was added to a MultiService (makeNode() starts it unless start=False)?",
+                state=self.state.name,
+            )
+            return
+        raise NodeFinished(
+            f"this BeatCop node was stopped ({self.state.name}"
+            + (f", exit code {self.exitCode}" if self.exitCode is not None else "")
+            + "); a node is not started again: make a new BeatCopService"
+        )
 
     def stopService(self):
         """
@@ -239,7 +305,7 @@ class BeatCopService(service.Service):
         elif state in (NodeState.STOPPED, NodeState.CONNECTING, NodeState.STANDBY):
             self._finish(EX_OK if self.exitCode is None else self.exitCode, "stopped")
         elif state in (NodeState.STARTING, NodeState.RUNNING):
-            self.log.info("Stopping: the command will be stopped and the lock released")
+            self.log.info("Stopping: the {what} will be stopped and the lock released", what=self.supervisor.what)
             self._stopChild()
         elif state is NodeState.RESTARTING:
             self._release()
@@ -248,9 +314,13 @@ class BeatCopService(service.Service):
     def addObserver(self, observer):
         """
         Tell C{observer} (an L{INodeObserver}, e.g. a L{NodeObserver}) what
-        the node does, for metrics and service managers.
+        the node does, for metrics and service managers.  One added once the
+        node has started is told the state it is in at once, as
+        C{stateChanged(None, state)}.
         """
         self.observers.add(observer)
+        if self.state is not NodeState.STOPPED:
+            self.observers.tellOne(observer, "stateChanged", None, self.state)
 
     def describe(self):
         """
@@ -265,7 +335,8 @@ class BeatCopService(service.Service):
             "token": self.lock.token if holding else None,
             "since": self._holdingSince if holding else None,
             "command_pid": self.supervisor.commandPid,
-            "containment": self.containment.mode.value if self.containment is not None else None,
+            "containment": self.containment.mode.value if self.containment is not None
+            else "in-process" if self.config.command is None else None,  # a leader-only service alone
             "cgroup_parent": self.containment.parent if self.containment is not None else None,
             # What lets a node of this host prove this one dead (see
             # beatcop.neighbours).
@@ -363,6 +434,8 @@ class BeatCopService(service.Service):
         @return: whether the node may go on.
         """
         config = self.config
+        if config.command is None:
+            return True  # a leader-only service alone: no process to contain
         if self.containment is None:
             try:
                 self.containment = detectContainment(
@@ -641,9 +714,11 @@ class BeatCopService(service.Service):
             return
         self._operatorStop = outcome
         if outcome is RefreshOutcome.PAUSED:
-            self.log.warn("Paused by an operator: stopping the command and releasing the lock")
+            self.log.warn("Paused by an operator: stopping the {what} and releasing the lock",
+                          what=self.supervisor.what)
         else:
-            self.log.info("Handover asked by an operator: stopping the command and releasing the lock")
+            self.log.info("Handover asked by an operator: stopping the {what} and releasing the lock",
+                          what=self.supervisor.what)
         if self.state is NodeState.RESTARTING:
             self._release(handover=True)
         else:
@@ -697,18 +772,19 @@ class BeatCopService(service.Service):
     # -- the command -----------------------------------------------------
 
     def _childStarted(self, pid):
-        self.log.info(
-            "Started {command} (pid {pid}) with fencing token {token}",
-            command=self.config.command,
-            pid=pid,
-            token=self.lock.token,
-        )
+        if pid is not None:  # None: a leader-only service alone (it logs itself)
+            self.log.info(
+                "Started {command} (pid {pid}) with fencing token {token}",
+                command=self.config.command,
+                pid=pid,
+                token=self.lock.token,
+            )
         self._tell("childStarted", pid)
         if self.state is NodeState.STARTING:
             self._moveTo(NodeState.RUNNING)
 
     def _childFailedToStart(self, error):
-        self.log.error("Cannot start the command: {error}", error=str(error))
+        self.log.error("Cannot start {what}: {error}", what=getattr(error, "what", "the command"), error=str(error))
         if self.exitCode is None:
             self.exitCode = error.exitCode
 
@@ -716,8 +792,11 @@ class BeatCopService(service.Service):
         if not failedToStart:
             self._tell("childExited", result.code)
         if self.state is NodeState.STOPPING:
-            self.log.info("The command {how}", how=result.describe())
-            if self.deadline.held:
+            self.log.info("The {what} {how}", what=result.what, how=result.describe())
+            if result.abandoned:
+                # It may still act: the lease is left to expire, not released.
+                self._finish(EX_SOFTWARE, "the leader-only service would not stop")
+            elif self.deadline.held:
                 self._release(handover=self._operatorStop is not None)
             else:
                 self._afterLostLease("lease lost")
@@ -733,7 +812,7 @@ class BeatCopService(service.Service):
             self._commandExited(result)
 
     def _commandExited(self, result):
-        self.log.info("The command {how} on its own", how=result.describe())
+        self.log.info("The {what} {how} on its own", what=result.what, how=result.describe())
         onExit = self.config.onExit.value
         if onExit == "restart":
             self._moveTo(NodeState.RESTARTING)

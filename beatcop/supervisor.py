@@ -3,6 +3,12 @@ The command's side of a node: its runs (each under a lease guard, see
 L{beatcop.child}), the guard a standby starts ahead, and the back-off
 between restarts.  The node (L{beatcop.service}) decides I{when} to start,
 stop or restart; this decides I{how}, and tells the node what happened.
+
+A run is the command's (L{beatcop.child.ChildProcess}), a leader-only
+service's (L{beatcop.inprocess.ServiceRun}), or both together
+(L{beatcop.inprocess.CommandAndService}): the node sees one
+L{beatcop.interfaces.IRun} whatever it is.  Each run has its
+L{beatcop.leadership.Leadership}, the lease as in-process code sees it.
 """
 
 import os
@@ -12,6 +18,8 @@ from twisted.logger import Logger
 
 from .child import ChildProcess
 from .errors import BeatCopError
+from .inprocess import CommandAndService, ServiceRun, StuckStop
+from .leadership import Leadership, NotLeading
 
 
 def commandEnvironment(config, lease):
@@ -37,22 +45,32 @@ class CommandSupervisor:
 
     @ivar run: the current run (an L{beatcop.interfaces.IRun}), or C{None}.
     @ivar startedAt: when the current (or last) run was started (monotonic).
+    @ivar service: the leader-only service (an L{IService}), or C{None}.
     """
 
     log = Logger()
 
     def __init__(self, reactor, config, lease, containment, monotonic, track,
-                 onStarted, onStartFailed, onEnded, runFactory=ChildProcess):
+                 onStarted, onStartFailed, onEnded, runFactory=ChildProcess,
+                 deadline=None, service=None, onStuckStop=StuckStop.EXIT, exitProcess=os._exit):
         """
         @param lease: the node's L{beatcop.interfaces.ILease}, for the
-            command's environment.
+            command's environment and the runs' leadership.
         @param track: ends a Deferred's chain with the node's bug handler.
         @param onStarted: called with the command's pid.
         @param onStartFailed: called with the L{BeatCopError} that kept it
             from starting.
         @param onEnded: called with the L{beatcop.child.ChildExit} and
             whether the command had started at all.
-        @param runFactory: makes the runs (L{ChildProcess}; tests pass fakes).
+        @param runFactory: makes the runs of the command (L{ChildProcess};
+            tests pass fakes).
+        @param deadline: the node's L{beatcop.lease.LeaseDeadline}, which
+            says whether a run's lease is still proven.
+        @param service: a leader-only service to run beside the command, or
+            instead of it when C{config.command} is C{None}.
+        @param onStuckStop: what a service that does not stop in time costs
+            (a L{StuckStop}).
+        @param exitProcess: how L{StuckStop.EXIT} ends the process.
         """
         self._reactor = reactor
         self._config = config
@@ -64,8 +82,14 @@ class CommandSupervisor:
         self._onStartFailed = onStartFailed
         self._onEnded = onEnded
         self._runFactory = runFactory
+        self._deadline = deadline
+        self.service = service
+        self._onStuckStop = StuckStop(onStuckStop)
+        self._exitProcess = exitProcess
         self.containment = containment
         self.run = None
+        self._startedRun = None  # the current run once it has started
+        self._leadership = None  # the current (or last) run's
         self.startedAt = None
         # The guard started ahead while standing by, or None.
         self._armed = None
@@ -77,6 +101,36 @@ class CommandSupervisor:
     @property
     def commandPid(self):
         return self.run.commandPid if self.run is not None else None
+
+    @property
+    def what(self):
+        """
+        What a run is, for log lines.
+        """
+        if self.service is None:
+            return "command"
+        return "leader-only service" if self._config.command is None else "command and the leader-only service"
+
+    @property
+    def leadership(self):
+        """
+        The current run's L{Leadership}, or L{NotLeading} between runs.
+        """
+        if self.run is None or self._leadership is None:
+            return NotLeading(self._lease.lockName, self._lease.holderId)
+        return self._leadership
+
+    def _withService(self, command, leadership):
+        """
+        The run for C{command} (a run of it, or C{None} without one) and the
+        leader-only service, if any.
+        """
+        if self.service is None:
+            return command
+        service = ServiceRun(
+            self._reactor, self.service, leadership, self._timing.killGrace, self._onStuckStop, self._exitProcess
+        )
+        return service if command is None else CommandAndService(command, service)
 
     def _makeRun(self, killBy):
         config = self._config
@@ -102,7 +156,7 @@ class CommandSupervisor:
         start-up.  Nothing if one is armed already (or one is to be armed
         again lazily, after the last one died).
         """
-        if not self._config.prestartGuard or self._armed is not None:
+        if not self._config.prestartGuard or self._armed is not None or self._config.command is None:
             return
         run = self._armed = self._makeRun(0.0)
         run.arm()
@@ -142,17 +196,20 @@ class CommandSupervisor:
         """
         armed, self._armed = self._armed, None
         if armed is not None and armed.armed:
-            run = armed
-            run.environment.update(BEATCOP_FENCING_TOKEN=str(self._lease.token))
-            run.killBy = killBy
+            command = armed
+            command.environment.update(BEATCOP_FENCING_TOKEN=str(self._lease.token))
+            command.killBy = killBy
         else:
             if armed is not None:
                 armed.disarm()
-            run = self._makeRun(killBy)
+            command = self._makeRun(killBy) if self._config.command is not None else None
+        self._leadership = leadership = Leadership(self._lease, self._deadline, self._timing, self._monotonic)
+        run = self._withService(command, leadership)
         self.run = run
+        self._startedRun = None
         self.startedAt = self._monotonic()
         started = run.start()
-        if run is not armed:
+        if command is not None and command is not armed:
             self._tellRelease(run)
         started.addCallbacks(self._started, self._startFailed, callbackArgs=(run,), errbackArgs=(run,))
         self._track(started)
@@ -160,6 +217,7 @@ class CommandSupervisor:
 
     def _started(self, pid, run):
         if run is self.run:
+            self._startedRun = run
             self._onStarted(pid)
 
     def _startFailed(self, failure, run):
@@ -173,7 +231,8 @@ class CommandSupervisor:
         if run is not self.run:
             return
         self.run = None
-        self._onEnded(result, run.commandPid is None)
+        self._leadership.end()
+        self._onEnded(result, self._startedRun is not run)
 
     def tellRelease(self, message):
         """

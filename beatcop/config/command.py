@@ -31,9 +31,16 @@ _PAUSING_SIGNALS = frozenset(
 )
 
 
-def _readCommand(reader):
+def _readCommand(reader, required=True):
+    """
+    The command and whether a shell runs it; C{(None, False)} when it is
+    absent and not C{required} (a node that runs a leader-only service
+    instead, see L{beatcop.inprocess}, or a tool that only talks to Redis).
+    """
     value = reader.raw("beatcop", "command")
     if value is None:
+        if not required:
+            return None, reader.boolean("beatcop", "shell", False)
         reader.fail("beatcop", "command", "missing: give the command to keep running")
     command = value.text.strip()
     if not command:

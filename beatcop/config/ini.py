@@ -202,9 +202,15 @@ class _Reader:
         """
         C{lockname}, or BeatCop 1.0's default when absent, or empty as 1.0
         allowed (with a warning: nodes whose command lines differ in the
-        least, e.g. a path, would use different locks).
+        least, e.g. a path, would use different locks).  Without a command
+        (a leader-only service) there is nothing to name it after: it must
+        be given.
         """
         value = self.raw("beatcop", "lockname")
+        if command is None:
+            if value is None or not value.text.strip():
+                self.fail("beatcop", "lockname", "missing: without a command, give the lock's name")
+            return self.text("beatcop", "lockname")
         if value is not None and not value.text.strip():
             derived = "beatcop:" + command
             self.warn(
@@ -424,7 +430,7 @@ def urlOverrides(url):
     return overrides
 
 
-def loadConfig(path=None, overrides=None, checkProgram=True):
+def loadConfig(path=None, overrides=None, checkProgram=True, requireCommand=None):
     """
     Read, merge and check a configuration.
 
@@ -436,6 +442,11 @@ def loadConfig(path=None, overrides=None, checkProgram=True):
     @param checkProgram: check that the command's program exists here (not
         for tools that only talk to Redis, such as C{beatcop status}, which
         may run where the command is not installed).
+    @param requireCommand: whether C{[beatcop] command} must be given
+        (default: when C{checkProgram}, i.e. for what runs the command).
+        C{False} for a node that runs a leader-only service instead
+        (C{BeatCopService(config, service=...)}); such a file must name its
+        lock.  A tool that only talks to Redis needs the lock's name only.
     @return: a checked L{Config}.
     @raise ConfigError: for any problem, with a one-line message naming the
         file, section and key.
@@ -453,19 +464,21 @@ def loadConfig(path=None, overrides=None, checkProgram=True):
     reader = _Reader(source, sections)
     reader.warnings.extend(warnings)
 
+    if requireCommand is None:
+        requireCommand = checkProgram
     if path is not None and "beatcop" not in fileSections and not any(
         section == "beatcop" for section, _ in (overrides or {})
     ):
         raise ConfigError(
             f"{source}: [beatcop]: section missing; it must give at least"
-            f" the command to run"
+            + (" the command to run" if requireCommand else " the lock's name (lockname)")
         )
     for section, known in _KNOWN_KEYS.items():
         for key, value in sections[section].items():
             if key not in known:
                 reader.warn(section, key, _unknown("key", section, key))
 
-    command, shell = _readCommand(reader)
+    command, shell = _readCommand(reader, requireCommand)
     lockName = reader.lockName(command)
     ttl = reader.milliseconds("beatcop", "timeout", DEFAULT_TTL, minimum=MINIMUM_TTL)
     redis = _readRedis(reader, ttl)
@@ -540,7 +553,7 @@ def loadConfig(path=None, overrides=None, checkProgram=True):
         cgroupParent = os.path.normpath(cgroupParent)
 
     environment = _readEnvironment(reader)
-    if checkProgram:
+    if checkProgram and command is not None:
         _checkProgram(reader, command, shell, environment)
 
     return Config(

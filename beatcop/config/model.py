@@ -364,7 +364,9 @@ class Config:
 
     @ivar redis: where the lock lives.
     @ivar lockName: the Redis key of the lock.
-    @ivar command: the command line to keep running on exactly one node.
+    @ivar command: the command line to keep running on exactly one node;
+        C{None} on a node that runs a leader-only service instead (see
+        L{beatcop.inprocess}).
     @ivar shell: run C{command} through C{/bin/sh -c}.
     @ivar ttl: the lease time-to-live (ini key C{timeout}).
     @ivar refreshInterval: time between lease refreshes.
@@ -411,7 +413,7 @@ class Config:
 
     redis: RedisConfig
     lockName: str
-    command: str
+    command: str | None
     shell: bool = False
     ttl: int = DEFAULT_TTL
     refreshInterval: int = defaultRefreshInterval(DEFAULT_TTL)

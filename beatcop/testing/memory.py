@@ -10,7 +10,17 @@ on the clock, a fencing counter that only grows, ranks among standbys, an
 operator's pause and handover, and release announcements heard by
 L{MemoryReleaseListener}s.  L{memoryNode} builds a whole
 L{beatcop.service.BeatCopService} on it, with runs of the command that
-start at once and end when stopped (L{AutoRun}).
+start at once and end when stopped (L{AutoRun}), or with a leader-only
+service (C{memoryNode(store, service=...)}, a real one, on the store's
+clock).
+
+Step time, do not jump it: L{MemoryLockStore.elapse} (C{clock.pump} in
+small steps) lets time pass as it does for a live process, every refresh,
+look and timer running when due.  One C{clock.advance(3)} is something
+else: everything due in those 3 s runs late, after the jump, which is
+exactly what a process frozen for 3 s sees when it thaws (a holder finds
+its stop point passed and loses its lease); L{MemoryLockStore.freeze} says
+so.
 
 Test-only: a store's locks start as locks used before (their fencing
 counter is there), so a node does not wait one lease before its first
@@ -67,6 +77,29 @@ class MemoryLockStore:
         if state.holder is not None and state.expiresAt is not None and self.clock.seconds() >= state.expiresAt:
             state.holder = state.expiresAt = None
         return state
+
+    # -- time ----------------------------------------------------------------
+
+    def elapse(self, seconds, step=0.05):
+        """
+        Let C{seconds} pass the way they pass for a live process: the clock
+        moves in steps of C{step} seconds (C{Clock.pump}), and what falls
+        due in each (a refresh, a standby's look, a service's timer) runs
+        on time.  C{step} must be well below the refresh interval; 50 ms is
+        for leases of a second or more.
+        """
+        steps, rest = divmod(seconds, step)
+        self.clock.pump([step] * int(steps) + ([rest] if rest > 1e-9 else []))
+
+    def freeze(self, seconds):
+        """
+        Every node on this store's clock frozen for C{seconds}, then thawed:
+        one jump of the clock (C{Clock.advance}), so that what fell due
+        meanwhile runs late, all at once, as in a process stopped by
+        SIGSTOP or a VM pause.  A holder frozen past its stop point loses
+        its lease (while the store's lease expires on the same clock).
+        """
+        self.clock.advance(seconds)
 
     def lease(self, lockName, ttl, holderId=None, notify=True):
         """
@@ -341,25 +374,35 @@ class AutoRun(FakeRun):
 def memoryConfig(lockName="memory-lock", command="true", **beatcop):
     """
     A L{Config} for a node in memory: the command is never run (see
-    L{AutoRun}); C{beatcop} are L{Config}'s fields (milliseconds).
+    L{AutoRun}); C{None} for a node with a leader-only service alone;
+    C{beatcop} are L{Config}'s fields (milliseconds).
     """
     settings = dict(ttl=3000, refreshInterval=1000, killGrace=600, safetyMargin=150, prestartGuard=False)
     settings.update(beatcop)
     return Config(redis=RedisConfig(host="memory", replyTimeout=600), lockName=lockName, command=command, **settings)
 
 
-def memoryNode(store, config=None, holderId=None, runFactory=AutoRun):
+def memoryNode(store, config=None, holderId=None, runFactory=AutoRun, service=None, onStuckStop="abandon",
+               exitProcess=None):
     """
     A L{beatcop.service.BeatCopService} whose lease is in C{store} and whose
-    command runs are L{AutoRun}s, on the store's clock: start it, advance the
-    clock, watch its state.
+    command runs are L{AutoRun}s, on the store's clock: start it, let time
+    pass (L{MemoryLockStore.elapse}), watch its state.
 
-    @param config: a L{Config} (default L{memoryConfig}()).
+    @param config: a L{Config} (default L{memoryConfig}(), without a
+        command when a C{service} is given).
+    @param service: a leader-only service (any C{IService}); give it the
+        store's clock (a C{TimerService}'s C{clock} attribute) so that it
+        runs on the test's time.  Its lease: C{node.leadership}.
+    @param onStuckStop: C{"abandon"} (here the default: the test goes on)
+        or C{"exit"}, which calls C{exitProcess(70)}.
+    @param exitProcess: what C{"exit"} calls (default: raise
+        L{SystemExit}, which ends the test that caused it, not the session).
     """
     from ..containment import Containment, ContainmentMode
     from ..service import BeatCopService
 
-    config = config or memoryConfig()
+    config = config or memoryConfig(command=None if service is not None else "true")
     clock = store.clock
     return BeatCopService(
         config,
@@ -370,7 +413,14 @@ def memoryNode(store, config=None, holderId=None, runFactory=AutoRun):
         childFactory=runFactory,
         listenerFactory=store.listenerFactory,
         containment=Containment(ContainmentMode.SUBREAPER),
+        service=service,
+        onStuckStop=onStuckStop,
+        exitProcess=exitProcess or _raiseSystemExit,
     )
+
+
+def _raiseSystemExit(code):
+    raise SystemExit(code)
 
 
 __all__ = ["MemoryLockStore", "MemoryLease", "MemoryReleaseListener", "AutoRun", "memoryConfig", "memoryNode"]

@@ -8,6 +8,7 @@ L{beatcop.testing.memory}).
     factory = NodeFactory(redis)            # a RedisServer (see beatcop.testing.redis)
     node = factory.makeNode(command="my-worker --flag")
     yield node.whenState(NodeState.RUNNING, timeout=5)
+    leader = factory.makeNode(service=TimerService(1, work))   # a leader-only service, no command
     ...
     yield factory.stopAll()                 # every node stopped, every process gone
 
@@ -62,25 +63,41 @@ class NodeFactory:
     def url(self):
         return self.redis.unixUrl or self.redis.url
 
-    def config(self, **beatcop):
+    def config(self, requireCommand=True, **beatcop):
         """
         A checked configuration for a node of this factory: C{[beatcop]}
         keys as keyword arguments (C{command="..."}, C{timeout="1500"},
         C{on_exit="restart"}; strings or numbers), C{[redis]} the private
         Redis.
+
+        @param requireCommand: C{False} for a node that runs a leader-only
+            service (the command is then optional).
         """
         settings = dict(DEFAULT_SETTINGS, lockname=self.lockName)
         settings.update({key: str(value) for key, value in beatcop.items()})
         overrides = {("redis", "url"): self.url}
         overrides.update({("beatcop", key): value for key, value in settings.items()})
-        return loadConfig(None, overrides)
+        return loadConfig(None, overrides, requireCommand=requireCommand)
 
-    def makeNode(self, start=True, **beatcop):
+    def makeNode(self, start=True, service=None, onStuckStop="abandon", **beatcop):
         """
         A node (a L{BeatCopService}) with L{config}C{(**beatcop)}, started
-        unless C{start=False}.
+        unless C{start=False}: pass C{start=False} for a node you add to
+        your application's C{MultiService}, which starts it (starting a
+        started node again is ignored, with a warning).
+
+        @param service: a leader-only service (any C{IService}, without a
+            parent) for the node to run while it holds the lease, instead
+            of a command (or beside one); see L{beatcop.inprocess}.
+        @param onStuckStop: C{"abandon"} (here the default) or C{"exit"}:
+            what a service that will not stop in time costs.  A node in
+            production ends its process by default; a test's node abandons
+            the service instead (the node finishes with exit code 70, its
+            log says why), so that a stuck service fails the test rather
+            than ending the whole test session.
         """
-        node = BeatCopService(self.config(**beatcop), reactor=self._reactor)
+        config = self.config(requireCommand=service is None, **beatcop)
+        node = BeatCopService(config, reactor=self._reactor, service=service, onStuckStop=onStuckStop)
         self.nodes.append(node)
         if start:
             node.startService()

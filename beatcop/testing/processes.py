@@ -129,10 +129,11 @@ class Node:
     One C{twistd -n beatcop} process.
     """
 
-    def __init__(self, name, directory, argv, environment=None):
+    def __init__(self, name, directory, argv, environment=None, cwd=None):
         self.name = name
         self.argv = argv
         self.environment = environment or nodeEnvironment(name)
+        self.cwd = cwd
         self.logPath = os.path.join(directory, f"{name}.log")
         self.process = None
         self.starts = 0
@@ -147,6 +148,7 @@ class Node:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self.environment,
+                cwd=self.cwd,
                 start_new_session=True,
             )
         finally:

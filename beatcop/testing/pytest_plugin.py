@@ -11,6 +11,11 @@ nothing to a project that does not ask for them.
   - C{beatcop_memory}: a L{beatcop.testing.memory.MemoryLockStore} on a
     fresh L{twisted.internet.task.Clock}, for unit tests without Redis.
 
+Whenever pytest-twisted is active, this plugin also registers
+L{beatcop.testing.trialbridge}, so that a session may mix pytest-twisted
+tests and trial C{TestCase}s (L{beatcop.testing.trial.BeatCopTestMixin})
+without a line in C{conftest.py}.
+
 The node fixtures wait for the reactor at teardown, so the tests that use
 them run under pytest-twisted (C{@pytest_twisted.inlineCallbacks} or
 C{@pytest_twisted.ensureDeferred}, any reactor it installs)::
@@ -26,6 +31,21 @@ C{@pytest_twisted.ensureDeferred}, any reactor it installs)::
 """
 
 import pytest
+
+_BRIDGE = "beatcop.testing.trialbridge"
+
+
+def pytest_configure(config):
+    """
+    pytest-twisted runs the reactor for the whole session, where a trial
+    C{TestCase} cannot run its own: with pytest-twisted active, register
+    the bridge (L{beatcop.testing.trialbridge}) unless a C{-p} option or a
+    C{conftest.py} did.  It does nothing to tests that are not trial's.
+    """
+    from . import trialbridge
+
+    if trialbridge._active(config) and config.pluginmanager.get_plugin(_BRIDGE) is None:
+        config.pluginmanager.register(trialbridge, _BRIDGE)
 
 
 @pytest.fixture

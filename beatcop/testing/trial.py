@@ -52,12 +52,13 @@ class BeatCopTestMixin:
             self.addCleanup(factory.stopAll)
         return factory
 
-    def makeNode(self, start=True, **beatcop):
+    def makeNode(self, start=True, service=None, onStuckStop="abandon", **beatcop):
         """
         A node on the test's private Redis and lock (see
-        L{beatcop.testing.nodes.NodeFactory.makeNode}).
+        L{beatcop.testing.nodes.NodeFactory.makeNode}): a command's
+        (C{command="..."}), or a leader-only service's (C{service=...}).
         """
-        return self.nodeFactory().makeNode(start=start, **beatcop)
+        return self.nodeFactory().makeNode(start=start, service=service, onStuckStop=onStuckStop, **beatcop)
 
     def memoryStore(self):
         """

@@ -9,11 +9,12 @@ active, a trial TestCase waits for its Deferreds by switching to
 pytest-twisted's reactor greenlet instead (C{pytest_twisted.blockon}); trial's
 janitor still checks, after each test, that nothing was left behind.
 
-Opt in (it patches trial for the session), in a C{conftest.py}::
-
-    pytest_plugins = ["beatcop.testing.trialbridge"]
-
-Without pytest-twisted active it does nothing.
+BeatCop's pytest plugin (L{beatcop.testing.pytest_plugin}, registered by
+installing BeatCop) registers this one whenever pytest-twisted is active:
+no line in C{conftest.py} is needed.  (C{-p beatcop.testing.trialbridge}, or
+C{pytest_plugins = ["beatcop.testing.trialbridge"]} in a C{conftest.py},
+still works, for a session run with C{-p no:beatcop}.)  Without
+pytest-twisted active it does nothing.
 """
 
 import pytest
