@@ -23,9 +23,12 @@ path: the guard runs isolated, C{python -I -S}) only when it releases, so
 that C{socket}, C{ssl} and C{json} cost a guard nothing until then.  It is
 one command's worth of RESP, not a Redis client: connect, C{AUTH},
 C{SELECT}, one C{EVAL}, following a Cluster's C{MOVED}/C{ASK} a few times.
+C{beatcop once} takes its first look at a lock with it too (L{evaluate},
+L{beatcop.once.peek}), before Twisted is loaded.
 """
 
 import json
+import os
 import socket
 
 # Redirections followed before giving up (a Cluster slot moving as we ask).
@@ -140,7 +143,7 @@ def _attempt(request, where, asking):
         if isinstance(reply, _ErrorReply):
             redirection = _redirection(reply, where)
             if redirection is None:
-                raise ReleaseFailed(f"Redis refused the release: {reply}")
+                raise ReleaseFailed(f"Redis refused {request.get('what', 'the release')}: {reply}")
             return None, redirection
         return reply, None
     finally:
@@ -151,12 +154,42 @@ def describe(where):
     return where.get("unix") or f"{where.get('host')}:{where.get('port')}"
 
 
-def release(request):
+def routeFor(config, where, database):
     """
-    Send the release described by C{request} (the decoded C{release}
-    message, see the module docstring).
+    How a server is reached, for a request (the C{where}, C{tls}, user,
+    password, database and timeouts of the module docstring), from a
+    L{beatcop.config.RedisConfig}: what BeatCop tells its guards
+    (L{beatcop.redisconn.RedisClient.releaseRoute}), and where C{beatcop
+    once} takes its first look (L{beatcop.once.peek}).
 
-    @return: whether the lease was still this node's (and is now free).
+    @param where: C{{"unix": path}} or C{{"host": ..., "port": ...}}.
+    """
+    tls = None
+    if config.tls and "unix" not in where:
+        tls = {
+            "ca": config.tlsCaFile and os.path.abspath(config.tlsCaFile),
+            "cert": config.tlsCertFile and os.path.abspath(config.tlsCertFile),
+            "key": config.tlsKeyFile and os.path.abspath(config.tlsKeyFile),
+            "server_name": config.tlsServerName,
+            "verify": config.tlsVerify,
+        }
+    return {
+        "where": where,
+        "tls": tls,
+        "username": config.username,
+        "password": config.password,
+        "database": database,
+        "connect_timeout": config.connectTimeout / 1000.0,
+        "reply_timeout": config.replyTimeout / 1000.0,
+    }
+
+
+def evaluate(request):
+    """
+    Send the script of C{request} (with its keys and arguments) where it
+    says, following a Cluster's redirections.
+
+    @return: the script's reply (text, integers, lists, C{None}).
     @raise ReleaseFailed: it could not be done (Redis unreachable, refused).
     """
     where = request["where"]
@@ -169,10 +202,21 @@ def release(request):
         except (OSError, ValueError) as e:
             raise ReleaseFailed(f"{describe(where)}: {e.strerror if isinstance(e, OSError) and e.strerror else e}")
         if redirection is None:
-            return reply == 1
+            return reply
         kind, where = redirection
         asking = kind == "ASK"
     raise ReleaseFailed(f"more than {MAX_REDIRECTIONS} redirections, last to {describe(where)}")
+
+
+def release(request):
+    """
+    Send the release described by C{request} (the decoded C{release}
+    message, see the module docstring).
+
+    @return: whether the lease was still this node's (and is now free).
+    @raise ReleaseFailed: it could not be done (Redis unreachable, refused).
+    """
+    return evaluate(request) == 1
 
 
 def releaseFromMessage(text):
@@ -182,4 +226,4 @@ def releaseFromMessage(text):
     return release(json.loads(text))
 
 
-__all__ = ["release", "releaseFromMessage", "ReleaseFailed", "describe"]
+__all__ = ["release", "releaseFromMessage", "evaluate", "routeFor", "ReleaseFailed", "describe"]
