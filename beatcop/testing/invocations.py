@@ -13,12 +13,15 @@ counted by Redis, its deadlines on the monotonic clock).
 """
 
 import os
+import shlex
+import signal
 import subprocess
 import sys
 import threading
 import time
 
-from .processes import nodeEnvironment, readLog, waitUntil, writeConfig
+from .history import Sampler, check, readHistory, scanRuns
+from .processes import nodeEnvironment, readLog, recorderCommand, waitUntil, writeConfig
 
 # beatcop once, with the wall clock skewed by $BEATCOP_TEST_WALLCLOCK_OFFSET
 # seconds (none when unset).
@@ -141,6 +144,80 @@ class Invocation:
             self._exited.wait(5)
 
 
+class JobHosts:
+    """
+    One job's crontab line on many hosts: invocations of C{beatcop once}
+    (named C{host1}, C{host2}, ... unless named), all on one Redis and one
+    lock, running L{beatcop.testing.recorder} into one history, which a
+    sampler watches (every process of a run, found by its environment).
+    """
+
+    def __init__(self, directory, redisUrl, lockName="nightly-report", ttl=1500, redisOptions=None, **beatcop):
+        directory = os.path.join(directory, lockName)
+        os.mkdir(directory)
+        self.directory = directory
+        self.lockName = lockName
+        self.history = os.path.join(directory, "history.jsonl")
+        self.config = writeConfig(
+            os.path.join(directory, "redis.ini"),
+            {"url": redisUrl, **(redisOptions or {})},
+            {"timeout": str(ttl), **{key: str(value) for key, value in beatcop.items()}},
+        )
+        self.invocations = []
+        self.sampler = Sampler(self.history, environ=True, confirm=True).start()
+
+    def invoke(self, *options, recorder=("--exit-after", "0.5"), name=None, wallClockOffset=0.0, command=None,
+               start=True, **environment):
+        """
+        One more invocation: C{beatcop once -c CONFIG --lockname LOCK --log
+        stderr OPTIONS -- COMMAND} (the recorder with C{recorder}'s
+        options, unless C{command} says otherwise).
+        """
+        name = name or f"host{len(self.invocations) + 1}"
+        if command is None:
+            command = ["--", *shlex.split(recorderCommand(self.history, *recorder))]
+        argv = onceArgv(self.config, "--lockname", self.lockName, "--log", "stderr", *options, *command)
+        invocation = Invocation(name, self.directory, argv, nodeEnvironment(name, **environment),
+                                wallClockOffset=wallClockOffset)
+        self.invocations.append(invocation)
+        return invocation.start() if start else invocation
+
+    def starts(self):
+        return [event for event in readHistory(self.history) if event["event"] == "start"]
+
+    def waitForStarts(self, count, timeout=15):
+        waitUntil(lambda: len(self.starts()) >= count, timeout, what=lambda: f"{count} starts\n{self.logs()}")
+        return self.starts()[count - 1]
+
+    def alive(self):
+        """
+        Whether any process of any run is alive.
+        """
+        return bool(scanRuns(self.history, environ=True))
+
+    def verdict(self):
+        """
+        Never two runs alive at once (the history and the sampler).
+        """
+        self.sampler.sampleOnce()
+        report = check(self.history, self.sampler, certain=True)
+        assert not report.overlaps and not report.crowdedSamples, report.describe() + "\n" + self.logs()
+        return report
+
+    def logs(self):
+        return describeAll(self.invocations)
+
+    def cleanup(self):
+        self.sampler.stop()
+        for invocation in self.invocations:
+            invocation.cleanup()
+        for _, pid, _ in scanRuns(self.history, environ=True):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
 def describeAll(invocations):
     """
     Every invocation's exit, time and log, for a failure's message.
@@ -151,4 +228,4 @@ def describeAll(invocations):
     )
 
 
-__all__ = ["Invocation", "onceArgv", "redisOnlyConfig", "describeAll"]
+__all__ = ["Invocation", "JobHosts", "onceArgv", "redisOnlyConfig", "describeAll"]

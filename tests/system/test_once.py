@@ -20,8 +20,8 @@ import pytest
 
 from beatcop.containment import processAlive
 from beatcop.protocol import LockKeys
-from beatcop.testing.history import Sampler, check, readHistory, scanRuns
-from beatcop.testing.invocations import Invocation, describeAll, onceArgv, redisOnlyConfig
+from beatcop.testing.history import scanRuns
+from beatcop.testing.invocations import Invocation, JobHosts, onceArgv, redisOnlyConfig
 from beatcop.testing.processes import nodeEnvironment, recorderCommand, waitUntil, writeConfig
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc and prctl")
@@ -33,41 +33,14 @@ GRACE = 0.3
 SKIP_ANSWERED = 1.0  # the issue's bound on each skip
 
 
-class Job:
+class Job(JobHosts):
     """
-    One job's crontab line on many "hosts" (invocations named host1...),
-    all on one Redis, sharing a history.
+    The job of these tests, with its hold's end to wait for.
     """
 
-    def __init__(self, directory, redisServer, lockName="nightly-report", **beatcop):
-        directory = os.path.join(directory, lockName)
-        os.mkdir(directory)
-        self.directory = directory
+    def __init__(self, directory, redisServer, **options):
+        super().__init__(directory, redisServer.url, ttl=int(TTL * 1000), **options)
         self.redis = redisServer
-        self.lockName = lockName
-        self.history = os.path.join(directory, "history.jsonl")
-        self.config = redisOnlyConfig(os.path.join(directory, "redis.ini"), redisServer.url,
-                                      timeout=int(TTL * 1000), **beatcop)
-        self.invocations = []
-        self.sampler = Sampler(self.history, environ=True, confirm=True).start()
-
-    def invoke(self, *options, recorder=("--exit-after", "0.5"), name=None, wallClockOffset=0.0, command=None,
-               start=True, **environment):
-        name = name or f"host{len(self.invocations) + 1}"
-        if command is None:
-            command = ["--", *recorderCommandWords(self.history, *recorder)]
-        argv = onceArgv(self.config, "--lockname", self.lockName, "--log", "stderr", *options, *command)
-        invocation = Invocation(name, self.directory, argv, nodeEnvironment(name, **environment),
-                                wallClockOffset=wallClockOffset)
-        self.invocations.append(invocation)
-        return invocation.start() if start else invocation
-
-    def starts(self):
-        return [event for event in readHistory(self.history) if event["event"] == "start"]
-
-    def waitForStarts(self, count, timeout=15):
-        waitUntil(lambda: len(self.starts()) >= count, timeout, what=lambda: f"{count} starts\n{self.logs()}")
-        return self.starts()[count - 1]
 
     def holdLeft(self):
         return self.redis.client().pttl(LockKeys.of(self.lockName).hold)
@@ -75,31 +48,6 @@ class Job:
     def waitHoldOver(self, timeout=15):
         waitUntil(lambda: self.holdLeft() == -2 and self.redis.client().pttl(self.lockName) == -2, timeout,
                   what="the hold and the lease to end")
-
-    def verdict(self):
-        self.sampler.sampleOnce()
-        report = check(self.history, self.sampler, certain=True)
-        assert not report.overlaps and not report.crowdedSamples, report.describe() + "\n" + self.logs()
-        return report
-
-    def logs(self):
-        return describeAll(self.invocations)
-
-    def cleanup(self):
-        self.sampler.stop()
-        for invocation in self.invocations:
-            invocation.cleanup()
-        for _, pid, _ in scanRuns(self.history, environ=True):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-
-
-def recorderCommandWords(history, *options):
-    import shlex
-
-    return shlex.split(recorderCommand(history, *options))
 
 
 @pytest.fixture
