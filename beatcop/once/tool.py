@@ -64,8 +64,8 @@ def duration(text):
     text = text.strip().lower()
     total, position = 0.0, 0
     for match in _DURATION.finditer(text):
-        if match.start() != position or (match.group(2) is None and match.end() != len(text)):
-            break
+        if match.start() != position or (match.group(2) is None and (position or match.end() != len(text))):
+            break  # a number without its unit is the whole duration, in seconds
         total += float(match.group(1)) * _UNITS[match.group(2)]
         position = match.end()
     if not text or position != len(text):
