@@ -128,6 +128,7 @@ class OnceJob(NodeObserver):
         self._runStartedAt = None  # monotonic
         self._waitingLogged = None  # what the last "waiting" line said
         self._commandCode = None
+        self._run = None  # the run of the command (an IRun)
 
     @property
     def command(self):
@@ -216,13 +217,23 @@ class OnceJob(NodeObserver):
             self._operatorStopped()
 
     def childStarted(self, pid):
+        self._run = self.node.child
         self.log.debug("The command started (pid {pid})", pid=pid)
 
     def childExited(self, code):
         self._commandCode = code
-        if self.state is OnceState.RUNNING:
-            # Ended on its own: its result, kept for the hold.
-            self.lock.result = code
+        if self.state is not OnceState.RUNNING:
+            return
+        if getattr(self._run, "guardLost", False):
+            # Its guard was killed and BeatCop killed the run: not the
+            # command's own end.  Unfinished: the next run (a waiter's)
+            # does the firing.
+            self.log.warn("The run's lease guard died (killed?) and the run was killed with it: the run is"
+                          " unfinished, and released without a result")
+            self.lock.result = None
+            return
+        # Ended on its own: its result, kept for the hold.
+        self.lock.result = code
 
     def leaseLost(self, why):
         self.lock.result = None
@@ -399,7 +410,12 @@ class OnceJob(NodeObserver):
             self.log.error("{command} did not run: exit {code}", command=self.command, code=exitCode)
             return
         holdLeft = self.lock.holdLeft
-        if holdLeft > 0:
+        if self.lock.released is False:
+            after = ("its end could not be recorded (Redis out of reach): the lease expires on its own, and the next"
+                     " invocation (or one that waits) runs the command again")
+        elif self.lock.recorded is False:
+            after = "the run is unfinished: the lock is released without a result, and the next invocation runs it"
+        elif holdLeft > 0:
             after = f"the lock is held for {holdLeft / 1000:.1f} s more (--hold-at-least {seconds(self.options.holdAtLeast)})"
         else:
             after = "the lock is released"

@@ -64,6 +64,9 @@ class OnceLock(RedisLock):
         C{None}: released without a result, and the next invocation runs
         the command again).
     @ivar holdLeft: after the run's release, ms its hold had left (-2: none).
+    @ivar released: after the run's release, C{False} if it failed (Redis
+        out of reach: the lease expires on its own).
+    @ivar recorded: after the run's release, whether it recorded a result.
     """
 
     def __init__(self, client, lockName, ttl, holdAtLeast=0, onAnswer=lambda answer: None,
@@ -83,6 +86,10 @@ class OnceLock(RedisLock):
         self.waitingFor = 0
         self.result = None
         self.holdLeft = -2
+        # After the run's release: whether it was done (False: Redis out of
+        # reach), and whether it recorded a result.
+        self.released = None
+        self.recorded = None
 
     def acquire(self, initialize=False, register=True):
         register = register and self.registerWhileWaiting
@@ -120,12 +127,21 @@ class OnceLock(RedisLock):
         not started, for another holder) is the lease's plain release.
         """
         result, self.result = self.result, None
-        if holderId is not None or cause != RELEASED or result is None or self.token is None:
-            self.holdLeft = -2
+        if holderId is not None:
             return super().release(cause, holderId)
-        keys, args = onceFinishArguments(self.keys, self.holderId, self.releaseChannel, cause, self.token, result)
-        d = ONCE_FINISH(self.client, keys, args, self.useEvalSha)
-        return d.addCallback(self._finished)
+        self.recorded = result is not None and cause == RELEASED and self.token is not None
+        if not self.recorded:
+            self.holdLeft = -2
+            d = super().release(cause, holderId)
+        else:
+            keys, args = onceFinishArguments(self.keys, self.holderId, self.releaseChannel, cause, self.token, result)
+            d = ONCE_FINISH(self.client, keys, args, self.useEvalSha).addCallback(self._finished)
+
+        def failed(failure):
+            self.released = False
+            return failure
+
+        return d.addErrback(failed)
 
     def _finished(self, reply):
         try:
