@@ -395,3 +395,53 @@ def test_exit_codes(makeJob, workdir, redisServer):
         section = f.read().split("## `beatcop once`", 1)[1]
     for code in ("64", "78", "68", "69", "124", "143", "--skipped-code"):
         assert code in section, code
+
+
+def exampleCommands():
+    """
+    Every beatcop once command of examples/once (the crontab's lines, the
+    Kubernetes manifests' commands), as argv.
+    """
+    import json
+    import shlex
+
+    directory = os.path.join(CHECKOUT, "examples", "once")
+    commands = []
+    with open(os.path.join(directory, "crontab")) as f:
+        for line in f:
+            if not line.startswith("#") and "beatcop once" in line:
+                words = shlex.split(line)
+                commands.append(words[words.index("beatcop"):])
+    with open(os.path.join(directory, "kubernetes.yaml")) as f:
+        text = f.read()
+    for match in re.finditer(r"command: (\[.*?\])", text, re.S):
+        commands.append(json.loads(match.group(1)))
+    return commands
+
+
+def test_the_examples_run(workdir, redisServer):
+    """
+    The README's examples (examples/once): every command runs as written,
+    with this test's Redis in the example's redis.ini and `true` as the
+    job; each a first run of a lock used before (no first-use wait).
+    """
+    with open(os.path.join(CHECKOUT, "examples", "once", "redis.ini")) as f:
+        ini = f.read().replace("redis://redis.internal:6379/0", redisServer.url)
+    config = os.path.join(workdir, "redis.ini")
+    with open(config, "w") as f:
+        f.write(ini)
+    commands = exampleCommands()
+    assert len(commands) == 5, commands
+    for index, words in enumerate(commands):
+        assert words[:4] == ["beatcop", "once", "-c", "/etc/beatcop/redis.ini"], words
+        options = words[4:words.index("--")]
+        if "--metrics-file" in options:
+            options[options.index("--metrics-file") + 1] = os.path.join(workdir, f"job{index}.prom")
+        lockName = options[options.index("--lockname") + 1]
+        redisServer.client().set(LockKeys.of(lockName).fence, 0)
+        invocation = Invocation(f"example{index}", workdir, onceArgv(config, *options, "--log", "stderr",
+                                                                     "--", "true")).start()
+        assert invocation.wait(30) == 0, invocation.log()
+        assert "Running true" in invocation.log(), invocation.log()
+        again = Invocation(f"again{index}", workdir, onceArgv(config, *options, "--log", "stderr", "--", "true")).start()
+        assert again.wait(30) == 0 and ("Skipped true" in again.log() or "Waited for true" in again.log()), again.log()
