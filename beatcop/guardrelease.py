@@ -119,26 +119,64 @@ def _redirection(error, where):
     return words[0], {"host": host.strip("[]") or where.get("host"), "port": int(port)}
 
 
+def _handshake(sock, stream, request, commands, asking=False):
+    """
+    C{commands} after the handshake (C{AUTH}, C{SELECT}, C{ASKING} as the
+    request says), on one connection; their replies (error replies as
+    such), the handshake's checked.
+    """
+    handshake = []
+    if request.get("password"):
+        user = request.get("username")
+        handshake.append(("AUTH", user, request["password"]) if user else ("AUTH", request["password"]))
+    if request.get("database"):
+        handshake.append(("SELECT", request["database"]))
+    if asking:
+        handshake.append(("ASKING",))
+    replies = _call(sock, stream, *handshake, *commands)
+    for command, reply in zip(handshake, replies):
+        if isinstance(reply, _ErrorReply):
+            raise ReleaseFailed(f"{command[0]} refused: {reply}")
+    return replies[len(handshake):]
+
+
+def ask(request, *commands):
+    """
+    Send C{commands} where C{request} says (its C{where}, C{tls}, user,
+    password, database, timeouts), on one connection.
+
+    @return: their replies (an error reply as an exception instance).
+    @raise ReleaseFailed: the server is out of reach, or refused the
+        handshake.
+    """
+    try:
+        sock = _connect(request["where"], request.get("tls"), request["connect_timeout"], request["reply_timeout"])
+        try:
+            return _handshake(sock, sock.makefile("rb"), request, commands)
+        finally:
+            sock.close()
+    except (OSError, ValueError) as e:
+        where = describe(request["where"])
+        raise ReleaseFailed(f"{where}: {e.strerror if isinstance(e, OSError) and e.strerror else e}")
+
+
 def _attempt(request, where, asking):
     """
     One connection, the handshake, the script; C{(reply, redirection)}.
+    With C{request["role"]}, the server must say it has that role first.
     """
     sock = _connect(where, request.get("tls"), request["connect_timeout"], request["reply_timeout"])
     try:
         stream = sock.makefile("rb")
-        handshake = []
-        if request.get("password"):
-            user = request.get("username")
-            handshake.append(("AUTH", user, request["password"]) if user else ("AUTH", request["password"]))
-        if request.get("database"):
-            handshake.append(("SELECT", request["database"]))
-        if asking:
-            handshake.append(("ASKING",))
         keys, args = request["keys"], request["args"]
-        replies = _call(sock, stream, *handshake, ("EVAL", request["script"], len(keys), *keys, *args))
-        for command, reply in zip(handshake, replies):
-            if isinstance(reply, _ErrorReply):
-                raise ReleaseFailed(f"{command[0]} refused: {reply}")
+        commands = [("EVAL", request["script"], len(keys), *keys, *args)]
+        if request.get("role"):
+            commands.insert(0, ("ROLE",))
+        replies = _handshake(sock, stream, request, commands, asking)
+        if request.get("role"):
+            role = replies[0]
+            if not isinstance(role, list) or not role or role[0] != request["role"]:
+                raise ReleaseFailed(f"it is not a {request['role']} ({str(role)[:40]})")
         reply = replies[-1]
         if isinstance(reply, _ErrorReply):
             redirection = _redirection(reply, where)
@@ -226,4 +264,4 @@ def releaseFromMessage(text):
     return release(json.loads(text))
 
 
-__all__ = ["release", "releaseFromMessage", "evaluate", "routeFor", "ReleaseFailed", "describe"]
+__all__ = ["release", "releaseFromMessage", "evaluate", "ask", "routeFor", "ReleaseFailed", "describe"]

@@ -20,8 +20,8 @@ drifts alike for each):
   2. B{held lock, invocation -> exit}: another holder's lease alive; from
      the launch to the exit (the skip): C{beatcop once} (its first look,
      L{beatcop.once.peek}), C{beatcop once} through the node's path (its
-     first look disabled: what a Sentinel topology, or a look that could
-     not decide, costs), and the wrapper;
+     first look disabled: what a look that could not decide costs: the
+     sentinels disagree, a holder is dead on this host), and the wrapper;
   3. B{firing done within its hold, invocation -> exit}: C{beatcop once}
      after a run of the same firing ended (the wrapper has no such state:
      its key is the hold).
@@ -240,8 +240,7 @@ ROWS = (
      "median <= the daemon's"),
     ("  reference: the command launched alone", None, None, "start_alone", ""),
     ("held lock: invocation -> exit (skip)", "skip_once", "skip_wrapper", None, "p95 <= 300 ms"),
-    ("  beatcop once through the node (Sentinel; a first look that cannot decide)", "skip_once_node", None, None,
-     ""),
+    ("  beatcop once through the node (a first look that could not decide)", "skip_once_node", None, None, ""),
     ("firing done within its hold: invocation -> exit (skip)", "done_once", None, None, "p95 <= 300 ms"),
 )
 

@@ -17,13 +17,15 @@ operator paused it.  Everything else goes to the node
 (L{beatcop.once.job}), which looks again and decides with all its
 machinery: a free lock, a holder proven dead on this host (whose lease the
 node releases for it, as L{beatcop.neighbours} does), a waiter whose run is
-alive, a Sentinel topology (the master is the one most sentinels name: the
-node's client knows how), and any failure of the look itself.
+alive, and any failure of the look itself.  With Sentinel, the look goes
+where most of the sentinels that answer (within half a second) say the
+master is, as the node's client does, and only if that server says it is
+the master; sentinels that do not agree leave it to the node.
 """
 
 from dataclasses import dataclass
 
-from ..guardrelease import ReleaseFailed, evaluate, routeFor
+from ..guardrelease import ReleaseFailed, ask, evaluate, routeFor
 from ..identity import Proc, ProcessIdentity, provablyDead
 from ..protocol import (
     ONCE_PEEK,
@@ -81,15 +83,60 @@ class Look:
         return self.found in (Found.HELD, Found.DONE, Found.FIRST_USE, Found.PAUSED)
 
 
+# The longest the look waits for one sentinel (to connect, and for its
+# answer): one that does not answer by then does not vote.
+SENTINEL_WAIT = 0.5
+
+
+def sentinelsMaster(redis):
+    """
+    The master most of the sentinels that answer name (C{(host, port)}), as
+    the node's client decides it (L{beatcop.redisconn.sentinel}): all asked
+    at once, a tie decides nothing; or C{None}.
+    """
+    import threading
+    from collections import Counter
+
+    answers = []
+    wait = min(SENTINEL_WAIT, redis.connectTimeout / 1000.0, redis.replyTimeout / 1000.0)
+
+    def askOne(host, port):
+        request = routeFor(redis, {"host": host, "port": port}, 0)
+        request.update(username=redis.sentinelUsername, password=redis.sentinelPassword, connect_timeout=wait,
+                       reply_timeout=wait)
+        try:
+            (reply,) = ask(request, ("SENTINEL", "get-master-addr-by-name", redis.serviceName))
+            answers.append((str(reply[0]), int(reply[1])))
+        except (ReleaseFailed, TypeError, ValueError, IndexError):
+            pass
+
+    threads = [threading.Thread(target=askOne, args=sentinel, daemon=True) for sentinel in redis.sentinels]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(2 * wait + 0.1)
+    ranked = Counter(list(answers)).most_common()
+    if not ranked or (len(ranked) > 1 and ranked[0][1] == ranked[1][1]):
+        return None
+    return ranked[0][0]
+
+
 def route(config):
     """
     Where the look goes (a request of L{beatcop.guardrelease}), or C{None}
-    when the node must find it (Sentinel).
+    when it cannot be told (the sentinels do not agree, or do not answer:
+    the node will find out).
     """
     redis = config.redis
-    if redis.sentinels:
-        return None
     database = redis.database
+    if redis.sentinels:
+        master = sentinelsMaster(redis)
+        if master is None:
+            return None
+        request = routeFor(redis, {"host": master[0], "port": master[1]}, database)
+        # A master the sentinels still name may have been demoted already.
+        request["role"] = "master"
+        return request
     if redis.embedded:
         from ..embedded import EmbeddedRedis
 

@@ -376,3 +376,34 @@ class TextfileTests(SynchronousTestCase):
         text = render(update({}, 'a "quoted"\\lock', Outcome("ran", 0, runStarted=1.0, runDuration=1.0), 2.0))
         names = {family.name for family in text_string_to_metric_families(text)}
         self.assertIn("beatcop_once_last_run_start_timestamp_seconds", names)
+
+
+class SentinelsMasterTests(SynchronousTestCase):
+    """
+    The first look goes where most of the sentinels that answer name the
+    master, as the node's client does; a tie, or no answer, leaves it to
+    the node.
+    """
+
+    def master(self, answers):
+        from beatcop.guardrelease import ReleaseFailed
+        from beatcop.once import peek
+
+        def ask(request, command):
+            answer = answers[request["where"]["port"]]
+            if answer is None:
+                raise ReleaseFailed("no answer")
+            return [list(answer)]
+
+        self.patch(peek, "ask", ask)
+        redis = RedisConfig(sentinels=[("127.0.0.1", port) for port in answers], serviceName="mymaster")
+        return peek.sentinelsMaster(redis)
+
+    def test_theMajorityOfThoseThatAnswer(self):
+        self.assertEqual(self.master({1: ("10.0.0.1", 6379), 2: ("10.0.0.1", 6379), 3: ("10.0.0.2", 6379)}),
+                         ("10.0.0.1", 6379))
+        self.assertEqual(self.master({1: ("10.0.0.1", 6379), 2: None, 3: None}), ("10.0.0.1", 6379))
+
+    def test_aTieOrSilenceDecidesNothing(self):
+        self.assertIsNone(self.master({1: ("10.0.0.1", 6379), 2: ("10.0.0.2", 6379), 3: None}))
+        self.assertIsNone(self.master({1: None, 2: None}))
