@@ -297,7 +297,7 @@ class DecisionLog:
             sink(level, text)
 
     def wants(self, namespace, level):
-        if namespace.startswith(("beatcop.once", "beatcop.child")):
+        if namespace.startswith("beatcop.once") or namespace == "beatcop.child":
             return level >= (DEBUG if self.verbose else INFO)
         return level >= (INFO if self.verbose else WARN)
 
