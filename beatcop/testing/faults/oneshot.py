@@ -40,7 +40,6 @@ counter (the README says so).
 """
 
 import collections
-import json
 import os
 import random
 import re
@@ -54,7 +53,7 @@ from ..history import Sampler, check, readHistory, scanRuns
 from ..invocations import Invocation, onceArgv
 from ..processes import nodeEnvironment, recorderCommand, waitUntil, writeConfig
 from .cluster import OUTLIVE_SLACK, Timeline, _processStates, _waitForProcessState, guardsOf
-from .kinds import ENDS_THE_RUN, KINDS, Chaos
+from .kinds import KINDS, Chaos
 from .proxy import FaultProxy
 from .report import textTable
 
