@@ -432,6 +432,16 @@ class ChildProcess(protocol.ProcessProtocol):
         return done
 
     @property
+    def guardLost(self):
+        """
+        Whether the run ended with its guard gone before it said how the
+        command ended (the guard was killed, and BeatCop killed the run
+        itself): an end that is not the command's own (a one-shot job's run
+        is then unfinished, see L{beatcop.once.job}).
+        """
+        return self._exit is not None and self._reported is None and self._went
+
+    @property
     def leftovers(self):
         """
         How many processes other than the command itself had to be killed

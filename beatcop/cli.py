@@ -2,10 +2,11 @@
 The C{beatcop} command: operate a lock from any machine that reaches its
 Redis, with the nodes' own configuration file.
 
-    beatcop status   -c FILE [--json]
-    beatcop handover -c FILE [--timeout S]
-    beatcop pause    -c FILE [--reason TEXT] [--no-wait] [--timeout S]
-    beatcop resume   -c FILE [--no-wait] [--timeout S]
+    beatcop status   -c FILE [--lockname NAME] [--json]
+    beatcop handover -c FILE [--lockname NAME] [--timeout S]
+    beatcop pause    -c FILE [--lockname NAME] [--reason TEXT] [--no-wait] [--timeout S]
+    beatcop resume   -c FILE [--lockname NAME] [--no-wait] [--timeout S]
+    beatcop once     -c FILE [--lockname NAME] [--hold-at-least D] [--wait] ... [-- COMMAND ...]
     beatcop demo     [--nodes N]
 
 Exit codes, for scripts: 0 done (status: a node runs the command);
@@ -14,14 +15,13 @@ data loss), handover: there is no holder to hand over; 75 (EX_TEMPFAIL)
 the wait timed out (handover: no standby took over; pause: the command
 still runs; resume: no node started it); 64 usage; 68 Redis unreachable;
 76/77 Redis unusable / credentials refused; 78 bad configuration.
+(beatcop once has its own: beatcop once --help.)
 """
 
 import argparse
 import datetime
 import json
 import sys
-
-from twisted.internet import defer, task
 
 from .config import loadConfig, urlOverrides
 from .errors import EX_OK, EX_TEMPFAIL, EX_USAGE, BeatCopError
@@ -58,7 +58,8 @@ def _parser():
 
     parser = _Parser(
         prog="beatcop",
-        description="Operate a BeatCop lock: who runs the command, hand it over, pause and resume it.",
+        description="Operate a BeatCop lock: who runs the command, hand it over, pause and resume it; run a"
+                    " one-shot job on exactly one of the hosts that invoke it.",
         epilog=__doc__.split("\n\n", 2)[2],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -70,6 +71,7 @@ def _parser():
         sub = commands.add_parser(name, help=help, description=help)
         sub.add_argument("-c", "--config", required=True, action=_Once, help="the nodes' ini file")
         sub.add_argument("--url", help="Redis URL, overriding the file's [redis] section")
+        sub.add_argument("--lockname", help="the lock (default: the file's); a file with [redis] alone serves too")
         sub.add_argument("--json", action="store_true", help="print JSON instead of text")
         return sub
 
@@ -82,6 +84,21 @@ def _parser():
     for sub in (pause, resume):
         sub.add_argument("--no-wait", action="store_true", help="return at once instead of waiting for the effect")
         sub.add_argument("--timeout", type=float, default=None, help="seconds to wait (default 2 TTL + 5)")
+    from .once.tool import EXIT_CODES, addArguments
+
+    once = commands.add_parser(
+        "once",
+        help="run a command once across all the hosts that invoke it for the same firing (cron jobs, deploy steps)",
+        description="Run COMMAND on exactly one of the hosts that invoke this for the same firing: the first to get"
+                    " the lock runs it (under the lease guard, as the daemon runs its command), the others skip at"
+                    " once, or wait for its exit code with --wait.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    once.add_argument("-c", "--config", required=True, action=_Once,
+                      help="an ini file: [redis] alone, or a node's file (its [beatcop] keys are the defaults)")
+    once.add_argument("--url", help="Redis URL, overriding the file's [redis] section")
+    addArguments(once)
     demo = commands.add_parser("demo", help="a guided demo: embedded Redis, three local nodes, a takeover")
     demo.add_argument("--nodes", type=int, default=3, help="how many local nodes (default 3)")
     demo.add_argument("--ttl", type=int, default=3000, help="lease TTL in ms (default 3000)")
@@ -90,6 +107,11 @@ def _parser():
 
 def _loadConfig(options):
     overrides = urlOverrides(options.url) if options.url else {}
+    if getattr(options, "lockname", None):
+        # The lock named: the file's command (if any) plays no part, and a
+        # file with [redis] alone (a one-shot job's) serves as well.
+        overrides[("beatcop", "lockname")] = options.lockname
+        overrides[("beatcop", "command")] = "true"
     return loadConfig(options.config, overrides, checkProgram=False)
 
 
@@ -142,6 +164,8 @@ def formatStatus(status, now):
         )
     elif takeover is not None:
         lines.append(f"freed {_age(takeover['freed_ms_ago'] / 1000)} ago: {takeover['how']}")
+    if status.once is not None:
+        lines.append(_onceLine(status.once, status.holder))
     standbys = [node for node in status.nodes if node.role == "standby"]
     lost = [node for node in status.nodes if node.role == "lost"]
     silent = [node for node in status.nodes if node.role == "silent"]
@@ -172,6 +196,26 @@ def formatStatus(status, now):
     return "\n".join(lines)
 
 
+def _onceLine(once, holder):
+    """
+    A one-shot job's record (L{beatcop.once}), for a person.
+    """
+    hold = f"; its hold keeps this firing done for {once['hold_left_ms'] / 1000:.1f} s more" if once["hold_left_ms"] else ""
+    started = f"{_age(once['started_ms_ago'] / 1000)} ago" if once["started_ms_ago"] is not None else "at an unknown time"
+    if once["state"] == "first":
+        return f"one-shot job: {once['holder']} waits one lease for the first run of this never-used lock"
+    if once["state"] == "running":
+        if once["holder"] != holder:
+            return (f"one-shot job: the run of {once['holder']} (token {once['token']}, started {started}) ended"
+                    f" unfinished (killed, or its lease lost): the next invocation runs it again")
+        return f"one-shot job: running on {once['holder']}, token {once['token']}, started {started}{hold}"
+    took = ""
+    if once["started_ms_ago"] is not None and once["ended_ms_ago"] is not None:
+        took = f" after {(once['started_ms_ago'] - once['ended_ms_ago']) / 1000:.1f} s"
+    return (f"one-shot job: the last run, by {once['holder']} (token {once['token']}), exited {once['exit_code']}"
+            f"{took}, {_age(once['ended_ms_ago'] / 1000)} ago{hold}")
+
+
 def _print(options, status, message=None):
     import time
 
@@ -186,8 +230,15 @@ def _print(options, status, message=None):
         print(formatStatus(status, time.time()))
 
 
-@defer.inlineCallbacks
 def _run(reactor, options):
+    # Twisted is imported here, not with the module: beatcop once decides
+    # most invocations before it would be needed (see beatcop.once.peek).
+    from twisted.internet import defer
+
+    return defer.inlineCallbacks(_operate)(reactor, options)
+
+
+def _operate(reactor, options):
     from . import control
 
     config = _loadConfig(options)
@@ -257,6 +308,10 @@ def main(argv=None):
         from .demo import runDemo
 
         return runDemo(options)
+    if options.action == "once":
+        from .once.tool import runOnce
+
+        return runOnce(options)
     code = [EX_OK]
 
     def run(reactor):
@@ -271,6 +326,8 @@ def main(argv=None):
             code[0] = failure.value.exitCode
 
         return d.addCallbacks(done, failed)
+
+    from twisted.internet import task
 
     try:
         task.react(lambda reactor: run(reactor).addErrback(_bug, code))

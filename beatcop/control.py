@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, field
 from twisted.internet import defer, task
 
 from .protocol import (
-    HANDOVER, LOST_DATA, PAUSE, PAUSED, RESUME, RESUME_MESSAGE, STATUS, LockKeys, Windows, decodeEntry, decodeTakeover,
-    splitValue,
+    HANDOVER, LOST_DATA, ONCE_STATUS, PAUSE, PAUSED, RESUME, RESUME_MESSAGE, STATUS, LockKeys, Windows, decodeEntry,
+    decodeRunRecord, decodeTakeover, splitValue,
 )
 from .redisconn import RedisCommandError, replyText
 
@@ -59,6 +59,10 @@ class Status:
     # How the lock last changed hands: cause, previous holder, holder,
     # token, and how long ago (ms, Redis's clock) it was freed and taken.
     last_takeover: dict = None
+    # A one-shot job's (beatcop once): its record (state "first",
+    # "running" or "done", holder, token, exit code, how long ago it
+    # started and ended, ms of Redis's clock) and what its hold has left.
+    once: dict = None
 
     @property
     def held(self):
@@ -123,6 +127,7 @@ def readStatus(client, config):
             "freed_ms_ago": int(now) - takeover.freedAt if takeover.freedAt is not None else None,
             "taken_ms_ago": int(now) - takeover.takenAt if takeover.takenAt is not None else None,
         }
+    status.once = yield _readOnce(client, keys)
     windows = _windows(config)
     registry = [replyText(item) for item in registry or []]
     for nodeId, value in zip(registry[::2], registry[1::2]):
@@ -159,6 +164,31 @@ def readStatus(client, config):
     order = {"holder": 0, "standby": 1, "lost": 2, "silent": 3}
     status.nodes.sort(key=lambda node: (order[node.role], node.host or "", node.pid or 0))
     return status
+
+
+@defer.inlineCallbacks
+def _readOnce(client, keys):
+    """
+    A one-shot job's record and hold (L{beatcop.once}), or C{None} for a
+    lock that never ran one.
+    """
+    record, holdToken, holdLeft, now = yield ONCE_STATUS(client, (keys.once, keys.hold), (), useEvalSha=False)
+    record = decodeRunRecord(record)
+    if record is None:
+        return None
+    now = int(now)
+    # (txredisapi gives a number's bulk string as a number.)
+    holdToken = None if holdToken is None or holdToken is False else str(replyText(holdToken))
+    return {
+        "state": record.state,
+        "holder": record.holder,
+        "token": record.token,
+        "exit_code": record.code,
+        "started_ms_ago": now - record.startedAt if record.startedAt is not None else None,
+        "ended_ms_ago": now - record.endedAt if record.endedAt is not None else None,
+        "hold_left_ms": int(holdLeft) if holdToken is not None and holdToken == str(record.token) and int(holdLeft) > 0
+        else None,
+    }
 
 
 def _who():

@@ -23,9 +23,12 @@ path: the guard runs isolated, C{python -I -S}) only when it releases, so
 that C{socket}, C{ssl} and C{json} cost a guard nothing until then.  It is
 one command's worth of RESP, not a Redis client: connect, C{AUTH},
 C{SELECT}, one C{EVAL}, following a Cluster's C{MOVED}/C{ASK} a few times.
+C{beatcop once} takes its first look at a lock with it too (L{evaluate},
+L{beatcop.once.peek}), before Twisted is loaded.
 """
 
 import json
+import os
 import socket
 
 # Redirections followed before giving up (a Cluster slot moving as we ask).
@@ -116,31 +119,69 @@ def _redirection(error, where):
     return words[0], {"host": host.strip("[]") or where.get("host"), "port": int(port)}
 
 
+def _handshake(sock, stream, request, commands, asking=False):
+    """
+    C{commands} after the handshake (C{AUTH}, C{SELECT}, C{ASKING} as the
+    request says), on one connection; their replies (error replies as
+    such), the handshake's checked.
+    """
+    handshake = []
+    if request.get("password"):
+        user = request.get("username")
+        handshake.append(("AUTH", user, request["password"]) if user else ("AUTH", request["password"]))
+    if request.get("database"):
+        handshake.append(("SELECT", request["database"]))
+    if asking:
+        handshake.append(("ASKING",))
+    replies = _call(sock, stream, *handshake, *commands)
+    for command, reply in zip(handshake, replies):
+        if isinstance(reply, _ErrorReply):
+            raise ReleaseFailed(f"{command[0]} refused: {reply}")
+    return replies[len(handshake):]
+
+
+def ask(request, *commands):
+    """
+    Send C{commands} where C{request} says (its C{where}, C{tls}, user,
+    password, database, timeouts), on one connection.
+
+    @return: their replies (an error reply as an exception instance).
+    @raise ReleaseFailed: the server is out of reach, or refused the
+        handshake.
+    """
+    try:
+        sock = _connect(request["where"], request.get("tls"), request["connect_timeout"], request["reply_timeout"])
+        try:
+            return _handshake(sock, sock.makefile("rb"), request, commands)
+        finally:
+            sock.close()
+    except (OSError, ValueError) as e:
+        where = describe(request["where"])
+        raise ReleaseFailed(f"{where}: {e.strerror if isinstance(e, OSError) and e.strerror else e}")
+
+
 def _attempt(request, where, asking):
     """
     One connection, the handshake, the script; C{(reply, redirection)}.
+    With C{request["role"]}, the server must say it has that role first.
     """
     sock = _connect(where, request.get("tls"), request["connect_timeout"], request["reply_timeout"])
     try:
         stream = sock.makefile("rb")
-        handshake = []
-        if request.get("password"):
-            user = request.get("username")
-            handshake.append(("AUTH", user, request["password"]) if user else ("AUTH", request["password"]))
-        if request.get("database"):
-            handshake.append(("SELECT", request["database"]))
-        if asking:
-            handshake.append(("ASKING",))
         keys, args = request["keys"], request["args"]
-        replies = _call(sock, stream, *handshake, ("EVAL", request["script"], len(keys), *keys, *args))
-        for command, reply in zip(handshake, replies):
-            if isinstance(reply, _ErrorReply):
-                raise ReleaseFailed(f"{command[0]} refused: {reply}")
+        commands = [("EVAL", request["script"], len(keys), *keys, *args)]
+        if request.get("role"):
+            commands.insert(0, ("ROLE",))
+        replies = _handshake(sock, stream, request, commands, asking)
+        if request.get("role"):
+            role = replies[0]
+            if not isinstance(role, list) or not role or role[0] != request["role"]:
+                raise ReleaseFailed(f"it is not a {request['role']} ({str(role)[:40]})")
         reply = replies[-1]
         if isinstance(reply, _ErrorReply):
             redirection = _redirection(reply, where)
             if redirection is None:
-                raise ReleaseFailed(f"Redis refused the release: {reply}")
+                raise ReleaseFailed(f"Redis refused {request.get('what', 'the release')}: {reply}")
             return None, redirection
         return reply, None
     finally:
@@ -151,12 +192,42 @@ def describe(where):
     return where.get("unix") or f"{where.get('host')}:{where.get('port')}"
 
 
-def release(request):
+def routeFor(config, where, database):
     """
-    Send the release described by C{request} (the decoded C{release}
-    message, see the module docstring).
+    How a server is reached, for a request (the C{where}, C{tls}, user,
+    password, database and timeouts of the module docstring), from a
+    L{beatcop.config.RedisConfig}: what BeatCop tells its guards
+    (L{beatcop.redisconn.RedisClient.releaseRoute}), and where C{beatcop
+    once} takes its first look (L{beatcop.once.peek}).
 
-    @return: whether the lease was still this node's (and is now free).
+    @param where: C{{"unix": path}} or C{{"host": ..., "port": ...}}.
+    """
+    tls = None
+    if config.tls and "unix" not in where:
+        tls = {
+            "ca": config.tlsCaFile and os.path.abspath(config.tlsCaFile),
+            "cert": config.tlsCertFile and os.path.abspath(config.tlsCertFile),
+            "key": config.tlsKeyFile and os.path.abspath(config.tlsKeyFile),
+            "server_name": config.tlsServerName,
+            "verify": config.tlsVerify,
+        }
+    return {
+        "where": where,
+        "tls": tls,
+        "username": config.username,
+        "password": config.password,
+        "database": database,
+        "connect_timeout": config.connectTimeout / 1000.0,
+        "reply_timeout": config.replyTimeout / 1000.0,
+    }
+
+
+def evaluate(request):
+    """
+    Send the script of C{request} (with its keys and arguments) where it
+    says, following a Cluster's redirections.
+
+    @return: the script's reply (text, integers, lists, C{None}).
     @raise ReleaseFailed: it could not be done (Redis unreachable, refused).
     """
     where = request["where"]
@@ -169,10 +240,21 @@ def release(request):
         except (OSError, ValueError) as e:
             raise ReleaseFailed(f"{describe(where)}: {e.strerror if isinstance(e, OSError) and e.strerror else e}")
         if redirection is None:
-            return reply == 1
+            return reply
         kind, where = redirection
         asking = kind == "ASK"
     raise ReleaseFailed(f"more than {MAX_REDIRECTIONS} redirections, last to {describe(where)}")
+
+
+def release(request):
+    """
+    Send the release described by C{request} (the decoded C{release}
+    message, see the module docstring).
+
+    @return: whether the lease was still this node's (and is now free).
+    @raise ReleaseFailed: it could not be done (Redis unreachable, refused).
+    """
+    return evaluate(request) == 1
 
 
 def releaseFromMessage(text):
@@ -182,4 +264,4 @@ def releaseFromMessage(text):
     return release(json.loads(text))
 
 
-__all__ = ["release", "releaseFromMessage", "ReleaseFailed", "describe"]
+__all__ = ["release", "releaseFromMessage", "evaluate", "ask", "routeFor", "ReleaseFailed", "describe"]

@@ -54,7 +54,16 @@ import itertools
 import json
 from dataclasses import dataclass
 
-from .redisconn import RedisCommandError, replyText
+
+
+def replyText(value):
+    """
+    A reply as text (L{beatcop.redisconn.replyText}'s rule: bulk strings
+    may come as bytes).  Here rather than imported, so that this module
+    loads without Twisted: C{beatcop once} takes its first look at a lock
+    with the standard library alone (L{beatcop.once.peek}).
+    """
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 # The lock's value while a standby holds it back after Redis lost its data.
 LOST_DATA = "beatcop:lost-data"
@@ -137,6 +146,10 @@ class LockKeys:
     paused: str
     released: str
     takeover: str
+    # One-shot jobs' (beatcop once, see beatcop.once): the hold of the
+    # last run, and its record.
+    hold: str
+    once: str
 
     @classmethod
     def of(cls, lockName):
@@ -147,6 +160,8 @@ class LockKeys:
             paused=companionName(lockName, "paused"),
             released=companionName(lockName, "released"),
             takeover=companionName(lockName, "takeover"),
+            hold=companionName(lockName, "hold"),
+            once=companionName(lockName, "once"),
         )
 
     def forScripts(self):
@@ -259,6 +274,8 @@ class Script:
         d = client.execute("EVALSHA", self.sha, len(keys), *keys, *args)
 
         def noScript(failure):
+            from .redisconn import RedisCommandError
+
             failure.trap(RedisCommandError)
             if not failure.value.reply.startswith("NOSCRIPT"):
                 return failure
@@ -335,6 +352,37 @@ local function base(value)
 end
 """
 
+# Take the free lock (KEYS[1]) for ARGV[1]: the brief's SET NX PX (NX
+# although the key is known free, so that whatever reads the command stream,
+# MONITOR or a benchmark, sees it), the next fencing token (never below the
+# floor, ARGV[3]), announced, and the takeover record turned from how the
+# lock became free into who took it.  The token and the record as it was
+# (for the new holder's log).
+_TAKE_FUNCTION = """
+local function take(floor)
+  redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+  local token = redis.call('INCR', KEYS[2])
+  if token <= floor then
+    token = floor + 1
+    redis.call('SET', KEYS[2], token)
+  end
+  if ARGV[8] ~= '' then
+    redis.call('PUBLISH', ARGV[8], 'acquired:' .. token)
+  end
+  local record = redis.call('GET', KEYS[5]) or ''
+  local cause, previous, freed = 'new', '-', '-'
+  local kind, first, second, third = string.match(record, '^(%S+) (%S+) (%S+) (%S+)')
+  if kind == 'freed' then
+    freed, cause, previous = first, second, third
+  elseif kind == 'taken' then
+    cause, previous = 'expired', third
+  end
+  redis.call('SET', KEYS[5], 'taken ' .. clock() .. ' ' .. token .. ' ' .. ARGV[1] .. ' ' .. cause .. ' ' .. previous
+    .. ' ' .. freed)
+  return token, record
+end
+"""
+
 ACQUIRE = Script(
     "acquire",
     """
@@ -348,6 +396,7 @@ ACQUIRE = Script(
     + _REGISTER_FUNCTION
     + _RANK_FUNCTION
     + _BASE_FUNCTION
+    + _TAKE_FUNCTION
     + """register()
 local floor = tonumber(ARGV[3])
 local value = redis.call('GET', KEYS[1])
@@ -394,29 +443,7 @@ if not redis.call('GET', KEYS[2]) then
     return {0, floor, tonumber(ARGV[2]), 'beatcop:lost-data', rank(false)}
   end
 end
--- NX although the key is known free: the acquisition is the brief's
--- SET NX PX, whatever reads the command stream (MONITOR, a benchmark).
-redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
-local token = redis.call('INCR', KEYS[2])
-if token <= floor then
-  token = floor + 1
-  redis.call('SET', KEYS[2], token)
-end
-if ARGV[8] ~= '' then
-  redis.call('PUBLISH', ARGV[8], 'acquired:' .. token)
-end
--- How the lock became free (the takeover record, see beatcop.protocol),
--- returned to the new holder and kept for beatcop status.
-local record = redis.call('GET', KEYS[5]) or ''
-local cause, previous, freed = 'new', '-', '-'
-local kind, first, second, third = string.match(record, '^(%S+) (%S+) (%S+) (%S+)')
-if kind == 'freed' then
-  freed, cause, previous = first, second, third
-elseif kind == 'taken' then
-  cause, previous = 'expired', third
-end
-redis.call('SET', KEYS[5], 'taken ' .. clock() .. ' ' .. token .. ' ' .. ARGV[1] .. ' ' .. cause .. ' ' .. previous
-  .. ' ' .. freed)
+local token, record = take(floor)
 return {1, token, tonumber(ARGV[2]), ARGV[1], record}
 """,
 )
@@ -490,6 +517,28 @@ return 1
 """,
 )
 
+# Release the lock (KEYS[1]) if HOLDER holds it, recording why in the
+# takeover record (KEYS[2]) and announcing it on CHANNEL ('' for none); 1 if
+# it did.
+_RELEASE_FUNCTION = """
+local function release(holder, channel, cause)
+  local value = redis.call('GET', KEYS[1])
+  if value == holder .. '|paused' then
+    redis.call('SET', KEYS[1], 'beatcop:paused')
+    return 1
+  end
+  if value == holder or value == holder .. '|handover' then
+    redis.call('DEL', KEYS[1])
+    redis.call('SET', KEYS[2], 'freed ' .. clock() .. ' ' .. cause .. ' ' .. holder)
+    if channel ~= '' then
+      redis.call('PUBLISH', channel, holder)
+    end
+    return 1
+  end
+  return 0
+end
+"""
+
 RELEASE = Script(
     "release",
     """
@@ -501,20 +550,8 @@ RELEASE = Script(
 -- place (no expiry: until resumed).
 """
     + _NOW
-    + """local value = redis.call('GET', KEYS[1])
-if value == ARGV[1] .. '|paused' then
-  redis.call('SET', KEYS[1], 'beatcop:paused')
-  return 1
-end
-if value == ARGV[1] or value == ARGV[1] .. '|handover' then
-  redis.call('DEL', KEYS[1])
-  redis.call('SET', KEYS[2], 'freed ' .. clock() .. ' ' .. ARGV[3] .. ' ' .. ARGV[1])
-  if ARGV[2] ~= '' then
-    redis.call('PUBLISH', ARGV[2], ARGV[1])
-  end
-  return 1
-end
-return 0
+    + _RELEASE_FUNCTION
+    + """return release(ARGV[1], ARGV[2], ARGV[3])
 """,
 )
 
@@ -546,6 +583,290 @@ end
 return removed
 """,
 )
+
+# -- one-shot jobs (beatcop once, see beatcop.once) -------------------------
+#
+# A one-shot job's lock is a lease like the daemon's while its run is alive
+# (refreshed, released, expired, released by the guard of a dead holder), with
+# two more keys beside it:
+#
+#   - {LOCK}:hold, the hold of the last run: its token, with a PX of
+#     hold-at-least set as the run is acquired, so that the hold is counted
+#     on Redis's clock from the acquisition (never by comparing two hosts'
+#     clocks);
+#   - {LOCK}:once, the record of the job (no expiry, like the fencing
+#     counter), one of:
+#       "first <ms> <id>"      a never-used lock's first run is waited for by
+#                              <id> (the first-use wait, PX two leases)
+#       "running <token> <ms> <id>"           a run acquired at <ms>
+#       "done <token> <code> <start ms> <end ms> <id>"   it ended, exit <code>
+#     (ms: Redis's clock).
+#
+# A finished run keeps its firing: while the hold of its token lasts, a new
+# invocation is answered "done" (it skips, or, waiting, takes the run's code);
+# a run that died unfinished (its lease expired or was released without a
+# result) does not: the next invocation runs the command again.
+
+# What an invocation's attempt found (the sixth element of the answer).
+ONCE_ACQUIRED = "acquired"
+ONCE_HELD = "held"  # a run is alive (or a placeholder after data loss)
+ONCE_DONE = "done"  # a run finished within its hold, or the one waited for
+ONCE_FIRST = "first"  # a never-used lock: this invocation waits one lease, then runs
+ONCE_FIRST_USE = "first-use"  # another invocation waits for a never-used lock's first run
+ONCE_PAUSED = "paused"
+ONCE_FREE = "free"  # (ONCE_PEEK only) nothing keeps an invocation from taking the lock
+ONCE_KINDS = (ONCE_ACQUIRED, ONCE_HELD, ONCE_DONE, ONCE_FIRST, ONCE_FIRST_USE, ONCE_PAUSED, ONCE_FREE)
+# Announced on the lock's channel as a run ends: "done:<token>:<code>".
+DONE_PREFIX = "done:"
+
+
+def onceKeys(keys):
+    """
+    The KEYS of L{ONCE_ACQUIRE}: the node's scripts', the hold and the record.
+    """
+    return (*keys.forScripts(), keys.hold, keys.once)
+
+
+def onceArguments(nodeArgs, holdAtLeast, waitedToken):
+    """
+    The ARGV of L{ONCE_ACQUIRE}: L{nodeArguments}, then the hold in ms (0:
+    none) and the token of the run this invocation waits for (0: none).
+    """
+    return (*nodeArgs, int(holdAtLeast), int(waitedToken or 0))
+
+
+# A record's words, in a table.
+_WORDS_FUNCTION = """
+local function words(text)
+  local found = {}
+  for word in string.gmatch(text, '%S+') do found[#found + 1] = word end
+  return found
+end
+"""
+
+# What an invocation finds, without writing anything: an answer (the shape
+# of ONCE_ACQUIRE's), or nil when the lock is free (the caller takes it, or,
+# a lock with no fencing counter, waits for its first use).  The first look
+# of beatcop once (ONCE_PEEK) and its attempt (ONCE_ACQUIRE) share it.
+_ONCE_LOOK_FUNCTION = """
+local function hold()
+  return redis.call('PTTL', KEYS[6])
+end
+local function look(record, job)
+  local value = redis.call('GET', KEYS[1])
+  local fence = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if value then
+    local holder, request = base(value)
+    if value == 'beatcop:paused' or request == '|paused' then
+      return {0, fence, -3, 'beatcop:paused', rank(holder), 'paused', record, hold()}
+    end
+    return {0, fence, redis.call('PTTL', KEYS[1]), holder, rank(holder), 'held', record, hold()}
+  end
+  if redis.call('EXISTS', KEYS[4]) == 1 then
+    return {0, fence, -3, 'beatcop:paused', rank(false), 'paused', record, hold()}
+  end
+  if job[1] == 'done' then
+    -- The run waited for (or a later one) is done; or a run is done and
+    -- its hold lasts: this firing is done.
+    local waited = tonumber(ARGV[10])
+    if (waited > 0 and tonumber(job[2]) >= waited) or redis.call('GET', KEYS[6]) == job[2] then
+      return {0, fence, hold(), job[6], 0, 'done', record, hold()}
+    end
+  end
+  if job[1] == 'first' and job[3] ~= ARGV[1] and not redis.call('GET', KEYS[2]) then
+    -- Another invocation waits for the first run of a never-used lock.
+    return {0, 0, redis.call('PTTL', KEYS[7]), job[3], 0, 'first-use', record, -2}
+  end
+  return nil
+end
+"""
+
+ONCE_ACQUIRE = Script(
+    "once-acquire",
+    """
+-- KEYS[1] lock, KEYS[2] fencing counter, KEYS[3] registry, KEYS[4] pause
+-- information, KEYS[5] takeover record, KEYS[6] hold, KEYS[7] the job's
+-- record; ARGV as in beatcop.protocol.onceArguments.  The answer:
+-- {acquired, token, pttl, holder, rank (or, acquired, the takeover record),
+-- what was found (ONCE_KINDS), the job's record as it was, the hold's PTTL}.
+"""
+    + _NOW
+    + _REGISTER_FUNCTION
+    + _RANK_FUNCTION
+    + _BASE_FUNCTION
+    + _TAKE_FUNCTION
+    + _WORDS_FUNCTION
+    + _ONCE_LOOK_FUNCTION
+    + """register()
+local floor = tonumber(ARGV[3])
+local record = redis.call('GET', KEYS[7]) or ''
+local job = words(record)
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  -- Ours already: an earlier attempt was applied after its reply timed out.
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {1, math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), floor), tonumber(ARGV[2]), ARGV[1], '',
+    'acquired', record, hold()}
+end
+local answer = look(record, job)
+if answer then
+  if answer[6] == 'paused' and redis.call('EXISTS', KEYS[1]) == 0 then
+    -- Paused while held, and the holder died before it saw the pause: the
+    -- pause outlives it (as ACQUIRE does).
+    redis.call('SET', KEYS[1], 'beatcop:paused')
+  end
+  return answer
+end
+if not redis.call('GET', KEYS[2]) then
+  if floor == 0 and ARGV[6] ~= '1' then
+    -- A lock never used, or a Redis that lost its data while a run may
+    -- still be alive (see ACQUIRE): the first invocation to see it waits
+    -- one lease (others are told who, by look), then initializes it.
+    if job[1] ~= 'first' then
+      redis.call('SET', KEYS[7], 'first ' .. clock() .. ' ' .. ARGV[1], 'PX', 2 * tonumber(ARGV[2]))
+    end
+    return {0, 0, -4, 'beatcop:empty', 0, 'first', record, -2}
+  end
+  if floor > 0 then
+    redis.call('SET', KEYS[2], floor)
+    redis.call('SET', KEYS[1], 'beatcop:lost-data', 'PX', ARGV[2])
+    return {0, floor, tonumber(ARGV[2]), 'beatcop:lost-data', 0, 'held', record, hold()}
+  end
+end
+local token, previous = take(floor)
+local holdFor = tonumber(ARGV[9])
+if holdFor > 0 then
+  redis.call('SET', KEYS[6], token, 'PX', holdFor)
+else
+  redis.call('DEL', KEYS[6])
+end
+redis.call('SET', KEYS[7], 'running ' .. token .. ' ' .. clock() .. ' ' .. ARGV[1])
+return {1, token, tonumber(ARGV[2]), ARGV[1], previous, 'acquired', record, holdFor}
+""",
+)
+
+ONCE_PEEK = Script(
+    "once-peek",
+    """
+-- The keys and arguments of ONCE_ACQUIRE; writes nothing.  ONCE_ACQUIRE's
+-- answer when it would not take the lock, else 'free' for what was found;
+-- and, ninth, the holder's registry entry (false if none), with which
+-- beatcop once tells a holder dead on its own host (beatcop.identity).
+"""
+    + _NOW
+    + _RANK_FUNCTION
+    + _BASE_FUNCTION
+    + _WORDS_FUNCTION
+    + _ONCE_LOOK_FUNCTION
+    + """local record = redis.call('GET', KEYS[7]) or ''
+local answer = look(record, words(record))
+if not answer then
+  answer = {0, tonumber(redis.call('GET', KEYS[2]) or '0'), -2, false, 0, 'free', record, hold()}
+end
+local entry = false
+if answer[4] then
+  entry = redis.call('HGET', KEYS[3], answer[4])
+end
+answer[9] = entry
+return answer
+""",
+)
+
+ONCE_FINISH = Script(
+    "once-finish",
+    """
+-- KEYS[1] lock, KEYS[2] takeover record, KEYS[3] the job's record, KEYS[4]
+-- hold; ARGV[1] holder id, ARGV[2] the channel ('' for none), ARGV[3] why
+-- (a cause), ARGV[4] the run's token, ARGV[5] its exit code.  The run ended:
+-- release as RELEASE does and, if it was ours, record its result (kept for
+-- those who wait, late ones included) and announce it.  {1 if released, the
+-- hold's PTTL (-2: none)}.
+"""
+    + _NOW
+    + _RELEASE_FUNCTION
+    + _WORDS_FUNCTION
+    + """if release(ARGV[1], ARGV[2], ARGV[3]) == 0 then
+  return {0, -2}
+end
+local job = words(redis.call('GET', KEYS[3]) or '')
+local started = '-'
+if job[1] == 'running' and job[2] == ARGV[4] then
+  started = job[3]
+end
+redis.call('SET', KEYS[3], 'done ' .. ARGV[4] .. ' ' .. ARGV[5] .. ' ' .. started .. ' ' .. clock() .. ' ' .. ARGV[1])
+if ARGV[2] ~= '' then
+  redis.call('PUBLISH', ARGV[2], 'done:' .. ARGV[4] .. ':' .. ARGV[5])
+end
+local hold = -2
+if redis.call('GET', KEYS[4]) == ARGV[4] then
+  hold = redis.call('PTTL', KEYS[4])
+end
+return {1, hold}
+""",
+)
+
+
+def onceFinishArguments(keys, holderId, channel, cause, token, code):
+    """
+    The KEYS and ARGV of L{ONCE_FINISH}.
+    """
+    return (keys.lock, keys.takeover, keys.once, keys.hold), (holderId, channel or "", cause, int(token), int(code))
+
+
+ONCE_STATUS = Script(
+    "once-status",
+    """
+-- KEYS[1] the job's record, KEYS[2] hold: {record, the hold's token, its
+-- PTTL, Redis's clock}, for beatcop status.
+"""
+    + _NOW
+    + """return {redis.call('GET', KEYS[1]) or false, redis.call('GET', KEYS[2]) or false, redis.call('PTTL', KEYS[2]),
+  clock()}
+""",
+)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """
+    A one-shot job's record (C{{LOCK}:once}), read.
+
+    @ivar state: C{"first"}, C{"running"} or C{"done"}.
+    @ivar holder: the id of the invocation it is about.
+    @ivar token: the run's fencing token (not for C{"first"}).
+    @ivar startedAt: when the run was acquired (ms, Redis's clock), or when
+        the first-use wait began; C{None} if unknown.
+    @ivar endedAt: when it ended (C{"done"}), ms, Redis's clock.
+    @ivar code: its exit code (C{"done"}).
+    """
+
+    state: str
+    holder: str | None
+    token: int | None = None
+    startedAt: int | None = None
+    endedAt: int | None = None
+    code: int | None = None
+
+
+def decodeRunRecord(value):
+    """
+    A job's record as a L{RunRecord}, or C{None} (none, or not one).
+    """
+    words = str(replyText(value) or "").split()
+
+    def number(text):
+        return None if text in (None, "-") else int(text)
+
+    try:
+        if len(words) == 3 and words[0] == "first":
+            return RunRecord("first", words[2], startedAt=number(words[1]))
+        if len(words) == 4 and words[0] == "running":
+            return RunRecord("running", words[3], int(words[1]), number(words[2]))
+        if len(words) == 6 and words[0] == "done":
+            return RunRecord("done", words[5], int(words[1]), number(words[3]), number(words[4]), int(words[2]))
+    except ValueError:
+        return None
+    return None
+
 
 # -- the operator's scripts (beatcop.control) --------------------------------
 
@@ -728,4 +1049,7 @@ __all__ = [
     "decodeEntry", "Entry", "Script", "nodeArguments", "splitValue", "ACQUIRE", "RECLAIM", "REFRESH", "REGISTER",
     "RELEASE", "releaseArguments", "LEAVE", "PAUSE", "RESUME", "HANDOVER", "STATUS", "Takeover", "decodeTakeover",
     "RELEASED", "HANDED_OVER", "GUARD_RELEASED", "RECLAIMED", "EXPIRED", "NEW", "CAUSES",
+    "ONCE_ACQUIRE", "ONCE_PEEK", "ONCE_FINISH", "ONCE_STATUS", "ONCE_FREE", "onceKeys", "onceArguments", "onceFinishArguments", "RunRecord",
+    "decodeRunRecord", "ONCE_ACQUIRED", "ONCE_HELD", "ONCE_DONE", "ONCE_FIRST", "ONCE_FIRST_USE", "ONCE_PAUSED",
+    "ONCE_KINDS", "DONE_PREFIX",
 ]

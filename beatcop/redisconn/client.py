@@ -212,24 +212,9 @@ class RedisClient(ClusterRouting, SentinelDiscovery):
             where = {"unix": config.unixSocket}
         else:
             where = {"host": config.host, "port": config.port}
-        tls = None
-        if config.tls and "unix" not in where:
-            tls = {
-                "ca": config.tlsCaFile and os.path.abspath(config.tlsCaFile),
-                "cert": config.tlsCertFile and os.path.abspath(config.tlsCertFile),
-                "key": config.tlsKeyFile and os.path.abspath(config.tlsKeyFile),
-                "server_name": config.tlsServerName,
-                "verify": config.tlsVerify,
-            }
-        return {
-            "where": where,
-            "tls": tls,
-            "username": config.username,
-            "password": config.password,
-            "database": 0 if self._clusterNodes else config.database,
-            "connect_timeout": config.connectTimeout / 1000.0,
-            "reply_timeout": config.replyTimeout / 1000.0,
-        }
+        from ..guardrelease import routeFor
+
+        return routeFor(config, where, 0 if self._clusterNodes else config.database)
 
     def _adopt(self, proto):
         self._connection = proto

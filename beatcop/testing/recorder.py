@@ -73,6 +73,9 @@ def record(history, event, **fields):
         t=time.monotonic(),
         **fields,
     )
+    if os.environ.get("BEATCOP_TEST_FIRING"):
+        # A one-shot job's firing (the one-shot soak, beatcop.testing.faults.oneshot).
+        line["firing"] = os.environ["BEATCOP_TEST_FIRING"]
     data = (json.dumps(line) + "\n").encode()
     fd = os.open(history, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:

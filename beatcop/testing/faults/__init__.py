@@ -17,6 +17,8 @@ The modules, from the bottom up:
     and the nodes on them in C{nodes});
   - L{kinds}: the single-server soak's faults (L{kinds.Chaos});
   - L{failovers}: the replicated soak (its faults, its report, its run);
+  - L{oneshot}: the one-shot soak (hosts firing C{beatcop once} on a
+    schedule under L{kinds}' faults, its verdict and report);
   - L{soak}: the loop both soaks share (the seed's plan, inject, recover,
     judge);
   - L{report}: what a soak found, as JSON and as tables;

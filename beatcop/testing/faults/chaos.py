@@ -5,7 +5,9 @@ A randomized soak of BeatCop under faults::
 
 (With C{--topology sentinel} or C{--topology cluster}, on a replicated
 Redis under failovers, with C{--wait-replicas N} and
-C{--min-replicas-to-write N}: see L{beatcop.testing.faults.failovers}.)
+C{--min-replicas-to-write N}: see L{beatcop.testing.faults.failovers}.
+With C{--once skip} or C{--once wait}, one-shot jobs, C{beatcop once}
+fired by every node on a schedule: see L{beatcop.testing.faults.oneshot}.)
 
 Starts a L{beatcop.testing.faults.cluster.FaultCluster} (N real nodes, a proxy each, one
 real redis-server, a supervisor that restarts nodes that exit), then injects
@@ -157,6 +159,14 @@ def main(argv=None):
                      help=f"a node setting, as in the ini file (repeatable): {', '.join(SETTABLE)}")
     parser.add_argument("--kinds", nargs="+", default=None, metavar="KIND",
                         help="inject only these fault kinds (default: all of the topology's, by their weights)")
+    oneShot = parser.add_argument_group("one-shot jobs (beatcop once; beatcop.testing.faults.oneshot)")
+    oneShot.add_argument("--once", choices=("skip", "wait"), default=None,
+                         help="every node fires beatcop once on a schedule (its invocations skip, or --wait)")
+    oneShot.add_argument("--period", type=float, default=4.0, help="seconds between two firings (default 4)")
+    oneShot.add_argument("--hold", type=float, default=None,
+                         help="the invocations' --hold-at-least in s (default half the period)")
+    oneShot.add_argument("--skew", type=float, default=1.0,
+                         help="each host fires up to this many seconds late (its clock's skew; default 1)")
     replicated = parser.add_argument_group("replicated Redis (beatcop.testing.faults.failovers)")
     replicated.add_argument("--topology", default="single", choices=("single", "sentinel", "cluster"),
                             help="one server (default), a master with two replicas behind three sentinels,"
@@ -176,18 +186,26 @@ def main(argv=None):
     options.beatcopSettings, options.redisSettings = settingsOf(parser, options)
     if options.plan is None:
         options.server = redisServerOf(parser, options)
+    if options.once and options.topology != "single":
+        parser.error("--once runs on one server (--topology single)")
     if options.topology != "single":
         if options.on_redis_loss != "exit":
             parser.error("--on-redis-loss is for --topology single")
         if not 2 <= options.nodes <= 10:
             parser.error("--nodes must be between 2 and 10")
         return runFailovers(options)
-    table = KINDS
+    known = KINDS
+    if options.once:
+        from .oneshot import ONE_SHOT_KINDS as known
+
+        if options.hold is None:
+            options.hold = options.period / 2
+    table = known
     if options.kinds:
-        unknown = set(options.kinds) - set(KINDS)
+        unknown = set(options.kinds) - set(known)
         if unknown:
-            parser.error(f"unknown fault kinds: {', '.join(sorted(unknown))} (known: {', '.join(sorted(KINDS))})")
-        table = {kind: KINDS[kind] for kind in options.kinds}
+            parser.error(f"unknown fault kinds: {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
+        table = {kind: known[kind] for kind in options.kinds}
     options.table = table
     if options.plan is not None:
         return printPlan(options, table)
@@ -200,6 +218,18 @@ def main(argv=None):
     print(f"server: {options.server['path']} ({options.server['version']})", flush=True)
     directory = tempfile.mkdtemp(prefix="bchaos-")
     redis = startRedisServer()
+    if options.once:
+        from .oneshot import render as renderOneShot, runOneShot
+
+        print(f"one-shot jobs ({options.once}): a firing every {options.period:g} s, hold {options.hold:g} s, hosts up"
+              f" to {options.skew:g} s late", flush=True)
+        try:
+            result = runOneShot(options, redis, directory, recorderOptionsOf(options))
+        finally:
+            redis.stop()
+        print()
+        print(renderOneShot(result))
+        return finish(result, options, directory)
     try:
         cluster = FaultCluster(
             directory, redis, ttl=options.ttl, recorderOptions=recorderOptionsOf(options),
