@@ -64,7 +64,7 @@ _EXPORTS = {
     "LeaseLost": "beatcop.errors",
     "ChildStartError": "beatcop.errors",
     "NodeFinished": "beatcop.errors",
-    "NodeStateTimeout": "beatcop.errors",
+    "NodeStateTimeout": "beatcop.service",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

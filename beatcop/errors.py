@@ -7,8 +7,6 @@ unreachable Redis, a command that does not exist) is one of these, reported
 as one line.
 """
 
-from twisted.internet import defer
-
 # BSD sysexits(3); os.EX_* exists only on Unix, so spell them out.
 EX_OK = 0
 EX_USAGE = 64
@@ -105,28 +103,6 @@ class NodeFinished(BeatCopError):
     """
 
 
-class NodeStateTimeout(defer.TimeoutError):
-    """
-    A node did not reach the state waited for in time
-    (L{beatcop.service.BeatCopService.whenState}); its message names that
-    state and the one the node was in.  A L{twisted.internet.defer.TimeoutError},
-    as C{Deferred.addTimeout} raises.
-
-    @ivar state: the state waited for.
-    @ivar current: the state the node was in.
-    @ivar timeout: how long it was waited for (seconds).
-    """
-
-    def __init__(self, message, state=None, current=None, timeout=None):
-        super().__init__(message)
-        self.state = state
-        self.current = current
-        self.timeout = timeout
-
-    def __str__(self):
-        return self.args[0]
-
-
 def exitCodeFor(failure):
     """
     The exit code for an exception or Failure: its own for a L{BeatCopError},
@@ -138,5 +114,5 @@ def exitCodeFor(failure):
 
 __all__ = [name for name in dir() if name.startswith(("EX_", "exitCodeFor"))] + [
     "BeatCopError", "ConfigError", "RedisUnreachable", "RedisProtocolError", "EvictionRisk",
-    "LeaseLost", "ChildStartError", "NodeFinished", "NodeStateTimeout",
+    "LeaseLost", "ChildStartError", "NodeFinished",
 ]

@@ -34,7 +34,7 @@ from . import __version__, standby
 from .containment import detectContainment
 from .config import OnRedisLoss
 from .errors import (
-    EX_OK, EX_SOFTWARE, EX_UNAVAILABLE, BeatCopError, EvictionRisk, NodeFinished, NodeStateTimeout, RedisUnreachable,
+    EX_OK, EX_SOFTWARE, EX_UNAVAILABLE, BeatCopError, EvictionRisk, NodeFinished, RedisUnreachable,
 )
 from .interfaces import INode
 from .lease import LeaseDeadline
@@ -54,6 +54,28 @@ from .supervisor import CommandSupervisor
 
 
 _LOST_IN_TIME = "the lease could not be refreshed in time (Redis unreachable, too slow, or this process was paused)"
+
+
+class NodeStateTimeout(defer.TimeoutError):
+    """
+    A node did not reach the state waited for in time
+    (L{beatcop.service.BeatCopService.whenState}); its message names that
+    state and the one the node was in.  A L{twisted.internet.defer.TimeoutError},
+    as C{Deferred.addTimeout} raises.
+
+    @ivar state: the state waited for.
+    @ivar current: the state the node was in.
+    @ivar timeout: how long it was waited for (seconds).
+    """
+
+    def __init__(self, message, state=None, current=None, timeout=None):
+        super().__init__(message)
+        self.state = state
+        self.current = current
+        self.timeout = timeout
+
+    def __str__(self):
+        return self.args[0]
 
 
 @implementer(INode)
@@ -78,7 +100,8 @@ class BeatCopService(service.Service):
 
     def __init__(self, config, reactor=None, client=None, lock=None, monotonic=time.monotonic,
                  randomSource=None, childFactory=None, listenerFactory=None, containment=None,
-                 identity=None, onRedisLoss=None, service=None, onStuckStop=StuckStop.EXIT, exitProcess=os._exit):
+                 identity=None, onRedisLoss=None, service=None, onStuckStop=StuckStop.EXIT, exitProcess=os._exit,
+                 waitForRedis=True):
         """
         @param config: a L{beatcop.config.Config}; its C{command} may be
             C{None} when a C{service} is given.
@@ -115,6 +138,9 @@ class BeatCopService(service.Service):
             C{"abandon"}.
         @param exitProcess: how C{"exit"} ends the process (C{os._exit};
             tests pass a fake).
+        @param waitForRedis: whether start-up waits for a Redis that does
+            not answer yet (see L{beatcop.startupwait}); C{False} finishes
+            with its exit code at the first failure (C{beatcop once}).
         @raise ConfigError: neither a command nor a service, or a service
             that is not one, or that has a parent (which would start it on
             every node).
@@ -150,7 +176,7 @@ class BeatCopService(service.Service):
         self._redisFailing = False
         self.startupWait = RedisWait(
             reactor, lambda: checkRedis(self.client, self.config), lambda: self.client.address, self.timing.ttl,
-            self._random, onWaiting=self._waitingForRedis,
+            self._random, onWaiting=self._waitingForRedis, patient=waitForRedis,
         )
         self.cadence = RegistryCadence(monotonic, self.windows.register / 1000.0)
         self.standby = standby.StandbyLoop(

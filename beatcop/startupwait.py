@@ -116,7 +116,7 @@ class RedisWait:
 
     log = Logger()
 
-    def __init__(self, clock, check, address, ttl, randomSource, onWaiting=lambda error: None):
+    def __init__(self, clock, check, address, ttl, randomSource, onWaiting=lambda error: None, patient=True):
         """
         @param clock: an C{IReactorTime}.
         @param check: makes one try: returns a Deferred that fires with
@@ -126,6 +126,8 @@ class RedisWait:
         @param ttl: the lease in seconds (see L{longestPause}).
         @param randomSource: a L{random.Random} (C{uniform}).
         @param onWaiting: called with the first failure waited out.
+        @param patient: C{False} waits for nothing: the first failure is
+            final (C{beatcop once}: a cron job ends 68 at once).
         """
         self._clock = clock
         self._check = check
@@ -133,6 +135,7 @@ class RedisWait:
         self._ttl = ttl
         self._random = randomSource
         self._onWaiting = onWaiting
+        self._patient = patient
         self._pauses = pauses(ttl)
         self._call = None
         self._done = None
@@ -200,7 +203,7 @@ class RedisWait:
     def _failed(self, failure):
         if self._done.called:
             return None
-        if not failure.check(BeatCopError) or not waitedFor(failure.value):
+        if not self._patient or not failure.check(BeatCopError) or not waitedFor(failure.value):
             return failure
         now = self._clock.seconds()
         first = self.since is None

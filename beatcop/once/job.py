@@ -117,8 +117,11 @@ class OnceJob(NodeObserver):
         )
         if nodeFactory is None:
             from ..service import BeatCopService as nodeFactory
+        # A cron job does not wait for Redis at start-up (the daemon does,
+        # see beatcop.startupwait): the firing ends 68 now, which is what
+        # cron's mail and the job's monitoring must see.
         self.node = nodeFactory(config, reactor=reactor, client=client, lock=self.lock, containment=containment,
-                                identity=identity, monotonic=monotonic)
+                                identity=identity, monotonic=monotonic, waitForRedis=False)
         self.lock.describe = self.describe
         self.state = OnceState.STARTING
         self.outcome = Outcome()

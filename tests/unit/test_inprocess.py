@@ -17,7 +17,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from beatcop.config import loadConfig
-from beatcop.errors import EX_SOFTWARE, EX_UNAVAILABLE, ConfigError, LeaseLost, NodeFinished, NodeStateTimeout
+from beatcop.errors import EX_SOFTWARE, EX_UNAVAILABLE, ConfigError, LeaseLost, NodeFinished
+from beatcop.service import NodeStateTimeout
 from beatcop.inprocess import CommandAndService, ServiceRun, StuckStop
 from beatcop.interfaces import ILeadership, IRun
 from beatcop.leadership import Leadership, NotLeading

@@ -168,3 +168,26 @@ def test_the_circle_check_finds_a_circle():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert _cycle(graph) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+# What loads without Twisted: the guard's release, beatcop once's first look,
+# containment as an unprivileged user with nothing but the package's own
+# files (tests/system/test_containment_mode.py), the command-line tool's
+# start.
+STANDARD_LIBRARY_ONLY = ("beatcop.errors", "beatcop.containment", "beatcop.protocol", "beatcop.guardrelease")
+
+
+@pytest.mark.parametrize("module", STANDARD_LIBRARY_ONLY)
+def test_what_loads_without_twisted(module):
+    import subprocess
+    import sys
+
+    program = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import importlib; importlib.import_module(sys.argv[2]);"
+        " loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('twisted', 'zope', 'txredisapi'));"
+        " print(','.join(loaded))"
+    )
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", program, ROOT, module],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", f"{module} loads {out.stdout.strip()}"

@@ -36,7 +36,8 @@ class FakeNode:
     """
 
     def __init__(self, config, reactor=None, client=None, lock=None, containment=None, identity=None,
-                 monotonic=None):
+                 monotonic=None, waitForRedis=True):
+        assert not waitForRedis, "a cron job does not wait for Redis at start-up"
         self.lock = lock
         self.observers = []
         self.exitCode = None

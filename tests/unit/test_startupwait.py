@@ -138,6 +138,21 @@ class RedisWaitTests(SynchronousTestCase):
         self.assertEqual(self.waitingFor, [])
         self.assertFalse(self.wait.waiting)
 
+    def test_anImpatientWaitTakesTheFirstFailureAsFinal(self):
+        """
+        C{patient=False} (C{beatcop once}: a cron job ends 68 at once) waits
+        for nothing, and schedules nothing.
+        """
+        clock = Clock()
+        check = Check(clock)
+        wait = RedisWait(clock, check, lambda: ADDRESS, 5.0, ZeroJitter(), patient=False)
+        results = []
+        wait.run().addErrback(results.append)
+        refused = RedisUnreachable(f"{ADDRESS}: Connection refused")
+        check.fail(refused)
+        self.assertIs(results[0].value, refused)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
     def test_triesAgainWithABackOffUntilRedisAnswers(self):
         refused = RedisUnreachable(f"{ADDRESS}: Connection refused")
         for _ in range(6):

@@ -335,6 +335,17 @@ class OneShotCluster:
         self.dataLosses.append(time.monotonic())
         self.timeline.set(("redis",), "up")
 
+    def killRedis(self):
+        self.fault("kill -9 redis")
+        self.timeline.set(("redis",), "down")
+        self.redis.kill()
+
+    def startRedis(self):
+        self.fault("start redis (empty)")
+        self.redis.startAgain()
+        self.dataLosses.append(time.monotonic())
+        self.timeline.set(("redis",), "up")
+
     def hold(self, node):
         pass  # a host has no supervisor to hold: its cron goes on
 
