@@ -22,13 +22,13 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ne
 @pytest.mark.parametrize("mode,seed", [("skip", 24), ("wait", 25)])
 def test_one_shot_soak(workdir, mode, seed):
     path = os.path.join(workdir, "result.json")
-    argv = [sys.executable, "-m", "beatcop.testing.faults.chaos", "--once", mode, "--nodes", "3", "--duration", "30",
+    argv = [sys.executable, "-m", "beatcop.testing.faults.chaos", "--once", mode, "--nodes", "3", "--duration", "15",
             "--seed", str(seed), "--json", path]
     done = subprocess.run(argv, capture_output=True, text=True, env=nodeEnvironment(), cwd=workdir, timeout=300)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
     with open(path) as f:
         result = json.load(f)
     assert result["ok"] and result["mode"] == f"once {mode}", done.stdout[-6000:]
-    assert result["faults_total"] >= 5 and result["firings"] >= 6 and result["runs"] >= 6, done.stdout[-6000:]
+    assert result["faults_total"] >= 3 and result["firings"] >= 3 and result["runs"] >= 3, done.stdout[-6000:]
     assert not result["overlaps"] and not result["done_twice_within_hold"] and not result["lost_firings"]
     assert not result["leftovers"]

@@ -227,7 +227,68 @@ class SupervisedNode(Node):
         return super().start()
 
 
-class FaultCluster(Cluster):
+class RedisFaults:
+    """
+    The faults done to the one Redis server (C{self.redis}, a
+    L{beatcop.testing.redis.RedisServer}) and to every node's path to it,
+    each written to the fault log (C{self.fault}) and the timeline the
+    verdict reads (C{self.timeline}).  Shared by the daemon's soak
+    (L{FaultCluster}) and the one-shot soak
+    (L{beatcop.testing.faults.oneshot.OneShotCluster}).
+    """
+
+    def dataLost(self):
+        """
+        Redis came back without its data (the one-shot soak excuses what
+        that causes).
+        """
+
+    def cutAll(self, mode, ms=0):
+        for node in self.nodes:
+            self.cut(node, mode, ms)
+
+    def healAll(self):
+        self.cutAll("pass")
+
+    def pauseRedis(self):
+        self.fault("SIGSTOP redis")
+        self.timeline.set(("redis",), "paused")
+        self.redis.pause()
+
+    def resumeRedis(self):
+        self.fault("SIGCONT redis")
+        self.redis.resume()
+        self.timeline.set(("redis",), "up")
+
+    def killRedis(self):
+        """
+        kill -9 Redis; it stays down until L{startRedis}.
+        """
+        self.fault("kill -9 redis")
+        self.timeline.set(("redis",), "down")
+        self.redis.kill()
+
+    def startRedis(self):
+        """
+        Start Redis again after L{killRedis}, empty, on the same port.
+        """
+        self.fault("start redis (empty)")
+        self.redis.startAgain()
+        self.dataLost()
+        self.timeline.set(("redis",), "up")
+
+    def restartRedis(self):
+        """
+        kill -9 Redis and start it again, empty, on the same port.
+        """
+        self.fault("restart redis (empty)")
+        self.timeline.set(("redis",), "down")
+        self.redis.restart()
+        self.dataLost()
+        self.timeline.set(("redis",), "up")
+
+
+class FaultCluster(RedisFaults, Cluster):
     """
     L{Cluster} with a proxy per node, a supervisor, and a fault timeline.
 
@@ -488,48 +549,6 @@ class FaultCluster(Cluster):
             f.write(repr(offset))
         os.replace(path + ".tmp", path)
         self.fault(f"{node.name} wall clock stepped by {seconds:+g} s")
-
-    def cutAll(self, mode, ms=0):
-        for node in self.nodes:
-            self.cut(node, mode, ms)
-
-    def healAll(self):
-        self.cutAll("pass")
-
-    def pauseRedis(self):
-        self.fault("SIGSTOP redis")
-        self.timeline.set(("redis",), "paused")
-        self.redis.pause()
-
-    def resumeRedis(self):
-        self.fault("SIGCONT redis")
-        self.redis.resume()
-        self.timeline.set(("redis",), "up")
-
-    def killRedis(self):
-        """
-        kill -9 Redis; it stays down until L{startRedis}.
-        """
-        self.fault("kill -9 redis")
-        self.timeline.set(("redis",), "down")
-        self.redis.kill()
-
-    def startRedis(self):
-        """
-        Start Redis again after L{killRedis}, empty, on the same port.
-        """
-        self.fault("start redis (empty)")
-        self.redis.startAgain()
-        self.timeline.set(("redis",), "up")
-
-    def restartRedis(self):
-        """
-        kill -9 Redis and start it again, empty, on the same port.
-        """
-        self.fault("restart redis (empty)")
-        self.timeline.set(("redis",), "down")
-        self.redis.restart()
-        self.timeline.set(("redis",), "up")
 
     # -- observing -----------------------------------------------------
 

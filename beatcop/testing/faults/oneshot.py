@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from ..history import Sampler, check, readHistory, scanRuns
 from ..invocations import Invocation, onceArgv
 from ..processes import nodeEnvironment, recorderCommand, waitUntil, writeConfig
-from .cluster import OUTLIVE_SLACK, Timeline, _processStates, _waitForProcessState, guardsOf
+from .cluster import OUTLIVE_SLACK, RedisFaults, Timeline, _processStates, _waitForProcessState, guardsOf
 from .kinds import KINDS, Chaos
 from .proxy import FaultProxy
 from .report import textTable
@@ -146,7 +146,7 @@ class OneShotVerdict:
                     or self.outlived or self.tracebacks or self.exits.get(str(EX_SOFTWARE)))
 
 
-class OneShotCluster:
+class OneShotCluster(RedisFaults):
     """
     The hosts, their crons, their proxies, one Redis, one history, and the
     timeline the verdict reads (what each host could do, and Redis).
@@ -311,40 +311,8 @@ class OneShotCluster:
         if mode not in ("blackhole", "reset"):
             self.timeline.set(("path", name), (mode, ms))
 
-    def cutAll(self, mode, ms=0):
-        for node in self.nodes:
-            self.cut(node, mode, ms)
-
-    def healAll(self):
-        self.cutAll("pass")
-
-    def pauseRedis(self):
-        self.fault("SIGSTOP redis")
-        self.timeline.set(("redis",), "paused")
-        self.redis.pause()
-
-    def resumeRedis(self):
-        self.fault("SIGCONT redis")
-        self.redis.resume()
-        self.timeline.set(("redis",), "up")
-
-    def restartRedis(self):
-        self.fault("restart redis (empty)")
-        self.timeline.set(("redis",), "down")
-        self.redis.restart()
+    def dataLost(self):
         self.dataLosses.append(time.monotonic())
-        self.timeline.set(("redis",), "up")
-
-    def killRedis(self):
-        self.fault("kill -9 redis")
-        self.timeline.set(("redis",), "down")
-        self.redis.kill()
-
-    def startRedis(self):
-        self.fault("start redis (empty)")
-        self.redis.startAgain()
-        self.dataLosses.append(time.monotonic())
-        self.timeline.set(("redis",), "up")
 
     def hold(self, node):
         pass  # a host has no supervisor to hold: its cron goes on
