@@ -399,6 +399,13 @@ ACQUIRE = Script(
     + _TAKE_FUNCTION
     + """register()
 local floor = tonumber(ARGV[3])
+local counter = redis.call('GET', KEYS[2])
+if counter and tonumber(counter) < floor then
+  -- Redis lost its data and another node, which had seen less, restored
+  -- the counter: never below a token a live node has seen, whoever holds
+  -- the lock now (the placeholder of that restore, most likely).
+  redis.call('SET', KEYS[2], floor)
+end
 local value = redis.call('GET', KEYS[1])
 if value then
   local holder, request = base(value)

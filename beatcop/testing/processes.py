@@ -124,6 +124,17 @@ def recorderCommand(historyPath, *options):
     return shlex.join([sys.executable, RECORDER, historyPath, *options])
 
 
+def _interruptible():
+    """
+    SIGINT at its default in a node, as started from a terminal or by a
+    supervisor, even when the tests themselves run with it ignored (a
+    background job of a non-interactive shell inherits SIGINT ignored, and
+    a Python that starts with it ignored leaves it so: twistd would not
+    stop on Ctrl-C).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Node:
     """
     One C{twistd -n beatcop} process.
@@ -150,6 +161,7 @@ class Node:
                 env=self.environment,
                 cwd=self.cwd,
                 start_new_session=True,
+                preexec_fn=_interruptible,
             )
         finally:
             log.close()

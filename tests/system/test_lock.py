@@ -436,6 +436,33 @@ class FencingTests(RealRedisMixin, TestCase):
         self.assertEqual(attempt.token, 44)
 
     @defer.inlineCallbacks
+    def test_afterDataLossTheCounterRisesToTheHighestTokenAnyNodeSaw(self):
+        """
+        Redis lost its data; a standby that had seen token 2 restores the
+        counter first (and holds the lock back); the last holder, standing
+        by again after its lost lease (C{on_redis_loss = standby}), saw 3:
+        its next attempt raises the counter, so the next token is 4, not 3
+        again.
+        """
+        self.redis.set(fencingKeyFor(LOCK), 1)
+        behind, last = self.makeLock(), self.makeLock()
+        yield behind.acquire(initialize=True)
+        yield behind.release()
+        yield last.acquire(initialize=True)
+        self.assertEqual((behind.highestToken, last.highestToken), (2, 3))
+        self.redis.flushall()
+        attempt = yield behind.acquire(initialize=True)
+        self.assertEqual((attempt.acquired, attempt.holder), (False, LOST_DATA))
+        self.assertEqual(self.redis.get(fencingKeyFor(LOCK)), "2")
+        attempt = yield last.acquire(initialize=True)
+        self.assertFalse(attempt.acquired)
+        self.assertEqual(self.redis.get(fencingKeyFor(LOCK)), "3")
+        self.redis.delete(LOCK)  # the placeholder expired
+        attempt = yield behind.acquire(initialize=True)
+        self.assertTrue(attempt.acquired)
+        self.assertEqual(attempt.token, 4)
+
+    @defer.inlineCallbacks
     def test_afterDataLossTheHolderReclaimsBeforeAnyStandby(self):
         """
         A standby that saw token N finds the counter gone: it blocks the lock
