@@ -541,7 +541,7 @@ class BeatCopService(service.Service):
         if attempt.acquired:
             self._acquired(attempt, sentAt)
         elif attempt.holder == EMPTY:
-            self.standby.noCounter(sentAt)
+            self.standby.noCounter(sentAt, attempt.rank)
         else:
             self.standby.heldBy(attempt)
 

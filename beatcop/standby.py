@@ -303,12 +303,21 @@ class StandbyLoop:
         else:
             self.schedule(nextLook(attempt.pttl, self.rank, self._timing, self._jitter()))
 
-    def noCounter(self, sentAt):
+    def noCounter(self, sentAt, rank):
         """
         No fencing counter, and this node never saw a token: a lock never
         used, or a Redis that lost its data while a holder still runs (they
         look the same): wait one lease, in which a live holder reclaims.
+
+        Listen meanwhile, in this node's place in line (C{rank}): the first
+        acquisition's announcement teaches the first standbys its token at
+        once.  A holder that exits through a Redis outage (C{on_redis_loss =
+        exit}) would otherwise take the only copy of it with it, and should
+        Redis lose its data within that first lease, the next holder would
+        be handed the same token again.
         """
+        self.rank = rank
+        self.listen()
         if self._emptySince is None:
             self._emptySince = sentAt
             self.log.info(

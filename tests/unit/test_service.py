@@ -1661,6 +1661,29 @@ class EmptyLockTests(ServiceTestCase):
         self.lock.answer("acquire", Attempt(True, 1, 5000, HOLDER))
         self.assertEqual(len(self.children), 1)
 
+    def test_listensMeanwhileAndAnAnnouncedAcquisitionTeachesTheToken(self):
+        """
+        While it waits out a new lock's lease, a standby listens (in its
+        place in line), so that the first holder's token is known at once to
+        more than that holder: a holder that exits through a Redis outage
+        (on_redis_loss = exit) does not take it with it.
+        """
+        self.startNode(startAt=10.0)
+        self.lock.answer("acquire", Attempt(False, 0, -4, "beatcop:empty", rank=1))
+        self.assertTrue(self.listeners[0].active)
+        self.advanceTo(11.0)
+        self.listeners[0].announce("acquired:1")
+        self.assertEqual(self.lock.highestToken, 1)
+        # It looks at once, in its turn, and stands by behind the holder.
+        self.advanceTo(11.0 + RANK_STEP)
+        self.assertTimes(self.lock.sent("acquire"), [10.0, 11.0 + RANK_STEP])
+        self.assertEqual(self.lock.initialize, [False, False])
+
+    def test_farBackInLineItWaitsWithoutListening(self):
+        self.startNode(startAt=10.0)
+        self.lock.answer("acquire", Attempt(False, 0, -4, "beatcop:empty", rank=LISTENING_RANKS))
+        self.assertFalse(self.listeners[0].active)
+
     def test_aCounterSeenMeanwhileStartsTheWaitAgain(self):
         """
         A holder reclaimed meanwhile (the counter is back): the next time the
