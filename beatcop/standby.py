@@ -232,6 +232,10 @@ class StandbyLoop:
         if not self._mayAttempt():
             return
         self._onChecked()
+        if pttl != GONE:
+            # The key is there: whatever held it, the wait for a lock
+            # without a counter starts again the next time it is missing.
+            self._emptySince = None
         if pttl == GONE or (pttl == NO_EXPIRY and not self._noExpiryKnown):
             # Free (or without an expiry for a reason to learn): try.
             self.attempt()
@@ -331,6 +335,12 @@ class StandbyLoop:
         )
 
     def failed(self):
+        # Redis failing: what it holds when it answers again (restarted
+        # empty, failed over) is unknown, so a wait for a lock without a
+        # counter starts again from then.  A wait that spanned the failure
+        # would let this node initialize the lock at once, before a holder
+        # whose command still runs could reclaim it.
+        self._emptySince = None
         self.schedule(self._timing.refreshInterval)
 
     def handedOver(self, paused):

@@ -1702,6 +1702,27 @@ class EmptyLockTests(ServiceTestCase):
         self.advanceTo(24.001)
         self.assertEqual(self.lock.initialize, [False, True, False, True])
 
+    def test_aRedisFailureStartsTheWaitAgain(self):
+        """
+        Redis fails in the middle of the wait: it may come back having lost
+        its data again, with a holder still running; the lease of waiting
+        starts again from its return, never counting the time before.
+        """
+        self.startNode(startAt=10.0)
+        self.lock.answer("acquire", Attempt(False, 0, -4, "beatcop:empty"))
+        self.advanceTo(15.0)
+        self.lock.answer("acquire", RedisTimeout("no reply"))
+        before = len(self.lock.initialize)
+        # Redis answers again (a check: the key is free), and the counter
+        # is still missing: the wait starts from here.
+        self.advanceTo(16.0)
+        self.lock.answer("check", -2)
+        self.lock.answer("acquire", Attempt(False, 0, -4, "beatcop:empty"))
+        self.advanceTo(16.0 + TTL - 0.5)
+        self.assertEqual(self.lock.initialize[before:], [False])
+        self.advanceTo(16.0 + TTL + 0.5)
+        self.assertEqual(self.lock.initialize[before:], [False, True])
+
 
 class CrashReleaseTests(ServiceTestCase):
     """
