@@ -227,6 +227,18 @@ class SupervisedNode(Node):
         return super().start()
 
 
+def leftoverRuns(history):
+    """
+    The processes of any run of C{history} still alive once the nodes were
+    stopped (given a few seconds to go): what a clean stop left behind.
+    """
+    try:
+        waitUntil(lambda: not scanRuns(history, environ=True), 3, what="leftovers")
+    except AssertionError:
+        pass
+    return [pid for _, pid, _ in scanRuns(history, environ=True)]
+
+
 class RedisFaults:
     """
     The faults done to the one Redis server (C{self.redis}, a
@@ -670,11 +682,7 @@ class FaultCluster(RedisFaults, Cluster):
                     node.process.wait(timeout)
                 except Exception:
                     pass
-        try:
-            waitUntil(lambda: not scanRuns(self.history, environ=True), 3, what="leftovers")
-        except AssertionError:
-            pass
-        return [pid for _, pid, _ in scanRuns(self.history, environ=True)]
+        return leftoverRuns(self.history)
 
     def logs(self):
         text = super().logs()

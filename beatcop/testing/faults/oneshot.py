@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from ..history import Sampler, check, readHistory, scanRuns
 from ..invocations import Invocation, onceArgv
 from ..processes import nodeEnvironment, recorderCommand, waitUntil, writeConfig
-from .cluster import OUTLIVE_SLACK, RedisFaults, Timeline, _processStates, _waitForProcessState, guardsOf
+from .cluster import OUTLIVE_SLACK, RedisFaults, Timeline, leftoverRuns, _processStates, _waitForProcessState, guardsOf
 from .kinds import KINDS, Chaos
 from .proxy import FaultProxy
 from .report import textTable
@@ -359,11 +359,7 @@ class OneShotCluster(RedisFaults):
                     invocation.wait(10)
                 except AssertionError:
                     pass
-        try:
-            waitUntil(lambda: not scanRuns(self.history, environ=True), 3, what="leftovers")
-        except AssertionError:
-            pass
-        return [pid for _, pid, _ in scanRuns(self.history, environ=True)]
+        return leftoverRuns(self.history)
 
     def logs(self):
         text = "\n".join(host.log() for host in self.nodes)
