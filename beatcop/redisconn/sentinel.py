@@ -1,7 +1,8 @@
 """
 Redis Sentinel discovery for the client: ask every sentinel where the
 master is, follow the majority of those that answer, connect, check that it
-says it is the master, and keep asking while connected.
+says it is the master, ask the sentinels again (that vote, taken after the
+master answered, is the one trusted), and keep asking while connected.
 
 Why a vote, and why keep asking: after a failover the sentinels do not
 switch at the same instant (the one that led the failover can be the last
@@ -44,8 +45,9 @@ class SentinelDiscovery:
     @defer.inlineCallbacks
     def _connectThroughSentinels(self):
         """
-        Ask the sentinels where the master is, connect to it, and check that
-        it says it is the master.
+        Ask the sentinels where the master is, connect to it, check that it
+        says it is the master, and that the sentinels still name it once it
+        has said so.
         """
         config = self._config
         host, port = yield self._askSentinels()
@@ -63,6 +65,23 @@ class SentinelDiscovery:
             raise RedisUnreachable(
                 f"{address}: the sentinels name it the master, but it is a {what}"
                 f" (a failover in progress?)"
+            )
+        # The vote is taken again now that the master has answered: one
+        # frozen through a failover accepts the connection (its kernel
+        # does) and answers ROLE "master" only when it thaws, seconds after
+        # the sentinels named another.  Trusting the first vote, a node
+        # restarted meanwhile took the lock on the demoted master while
+        # another held it on the promoted one (the failover tests' overlap).
+        try:
+            named = yield self._askSentinels()
+        except BeatCopError:
+            _abort(proto)
+            raise
+        if named != (host, port):
+            _abort(proto)
+            raise RedisUnreachable(
+                f"{address}: the sentinels named it the master of {config.serviceName!r}, but name"
+                f" {_hostPort(*named)} now that it answers (a failover while connecting)"
             )
         self._master = (host, port)
         self._watchMaster()

@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 import txredisapi
 
 from beatcop.config import RedisConfig
-from beatcop.errors import EX_CONFIG, EX_NOHOST
+from beatcop.errors import EX_CONFIG, EX_NOHOST, RedisUnreachable
 from beatcop.redisconn import (
     RedisClient,
     RedisCommandError,
@@ -35,8 +35,9 @@ class FakeTransport:
 
 class FakeProto:
     """
-    A connected node: every command is answered at once by
-    C{handler(proto, args)} (a reply, or an exception to fail with).
+    A connected node: every command is answered by C{handler(proto, args)}
+    (a reply, at once; a Deferred, when it fires; or an exception to fail
+    with).
     """
 
     def __init__(self, node, handler):
@@ -59,6 +60,8 @@ class FakeProto:
             return defer.fail(e)
         if args == ("ASKING",):
             self.asking = True
+        if isinstance(reply, defer.Deferred):
+            return reply
         return defer.succeed(reply)
 
     def whenDisconnected(self):
@@ -347,6 +350,43 @@ class SentinelTests(SynchronousTestCase):
         self.assertEqual(self.settle(client.execute("EVALSHA", "x", 1, "k")), "written on m2")
         self.successResultOf(client.close())
         self.assertIsNone(client._masterWatch)
+
+    def test_aMasterThatAnswersAfterTheFailoverIsNotTrusted(self):
+        """
+        m1 frozen: it accepts the connection but answers ROLE ("master")
+        only when it thaws, by which time the sentinels name m2.  The vote
+        taken before the connection decides nothing: m1 is sent nothing but
+        ROLE, the connection fails as any connection to a failed-over
+        master does, and the next command goes to m2.
+        """
+        thawed = defer.Deferred()
+
+        def frozen(proto, args):
+            if args[0] == "ROLE":
+                return thawed
+            return self.node(proto, args)
+
+        client = self.client({("s1", 26379): self.sentinel(), ("s2", 26379): self.sentinel(),
+                              ("m1", 6379): frozen, ("m2", 6379): self.node})
+        results = []
+        client.execute("EVALSHA", "x", 1, "k").addBoth(results.append)
+        self.clock.advance(0.5)
+        self.assertEqual(results, [])
+        self.master = ("m2", 6379)
+        thawed.callback(["master", 0, []])
+        for _ in range(2000):
+            if results:
+                break
+            self.clock.advance(0.001)
+        self.assertEqual(len(results), 1)
+        self.assertIsInstance(results[0].value, RedisUnreachable)
+        self.assertIn("the sentinels named it the master of 'mymaster', but name m2:6379 now that it answers",
+                      str(results[0].value))
+        m1 = [proto for proto in client.opened if proto.node == ("m1", 6379)]
+        self.assertEqual([proto.sent for proto in m1], [[("ROLE",)]])
+        self.assertFalse(m1[0].connected)
+        self.assertEqual(self.settle(client.execute("EVALSHA", "x", 1, "k")), "written on m2")
+        client.close()
 
     def test_sentinelsThatCannotDecideKeepTheConnection(self):
         handlers = {("s1", 26379): self.sentinel(), ("m1", 6379): self.node}
