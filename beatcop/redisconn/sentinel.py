@@ -74,7 +74,9 @@ class SentinelDiscovery:
         # another held it on the promoted one (the failover tests' overlap).
         try:
             named = yield self._askSentinels()
-        except BeatCopError:
+        except Exception:
+            # Whatever ends the attempt (no vote, a cancelled connect)
+            # leaves no connection behind.
             _abort(proto)
             raise
         if named != (host, port):

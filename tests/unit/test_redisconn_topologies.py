@@ -388,6 +388,32 @@ class SentinelTests(SynchronousTestCase):
         self.assertEqual(self.settle(client.execute("EVALSHA", "x", 1, "k")), "written on m2")
         client.close()
 
+    def test_noSecondVoteLeavesNoConnection(self):
+        """
+        The sentinels stop answering while the master is slow to answer
+        ROLE: no vote after its answer, so the connection is closed and the
+        command fails (the next one asks again).
+        """
+        answered = defer.Deferred()
+
+        def slow(proto, args):
+            if args[0] == "ROLE":
+                return answered
+            return self.node(proto, args)
+
+        handlers = {("s1", 26379): self.sentinel(), ("s2", 26379): self.sentinel(), ("m1", 6379): slow}
+        client = self.client(handlers)
+        results = []
+        client.execute("EVALSHA", "x", 1, "k").addBoth(results.append)
+        del handlers[("s1", 26379)], handlers[("s2", 26379)]
+        answered.callback(["master", 0, []])
+        self.assertEqual(len(results), 1)
+        self.assertIn("no sentinel answered", str(results[0].value))
+        m1 = [proto for proto in client.opened if proto.node == ("m1", 6379)]
+        self.assertEqual([proto.sent for proto in m1], [[("ROLE",)]])
+        self.assertFalse(m1[0].connected)
+        self.assertIsNone(client._masterWatch)
+
     def test_sentinelsThatCannotDecideKeepTheConnection(self):
         handlers = {("s1", 26379): self.sentinel(), ("m1", 6379): self.node}
         client = self.client(handlers)
