@@ -68,6 +68,7 @@ LOCK = "soak-job"
 # (the acquisition, then the command's launch).
 HOLD_START_SLACK = 0.5
 
+
 class Host:
     """
     One host of the soak: its proxy, its configuration, its invocations.
